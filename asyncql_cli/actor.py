@@ -1,0 +1,250 @@
+"""Actors: step a vector env epsilon-greedily, build n-step transitions, write them to replay.
+
+One actor per process. It owns its vector env, its local copy of the Q-network (CPU) and
+its segment of the replay; it reads weights from the parameter store every
+`weight_sync_steps` env steps and reports each finished episode on the stats queue.
+
+Exploration: Ape-X epsilons eps_j = base^(1 + alpha * j / (M - 1)) over all M env slots of
+all actors (every env its own epsilon, as in Ape-X), or one linearly annealed epsilon
+driven by the global env-step count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from asyncql_cli.envs import make_vector_env
+from asyncql_cli.networks import build_network
+from asyncql_cli.params import ParameterStore
+from asyncql_cli.process import Counters
+from asyncql_cli.replay import ReplayStorage
+
+
+@dataclass(frozen=True)
+class ExplorationSettings:
+    schedule: str
+    apex_base: float
+    apex_alpha: float
+    linear_start: float
+    linear_end: float
+    linear_steps: int
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    actor_id: int
+    num_actors: int
+    envs_per_actor: int
+    env_id: str
+    env_kwargs: dict[str, Any]
+    max_episode_steps: Optional[int]
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    network: dict[str, Any]
+    gamma: float
+    n_step: int
+    write_batch: int
+    weight_sync_steps: int
+    exploration: ExplorationSettings
+    seed: int
+    replay_ratio: float
+    learning_starts: int
+    max_update_debt: Optional[int]
+
+
+def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
+    if num_slots == 1:
+        return np.array([base])
+    return base ** (1.0 + alpha * np.arange(num_slots) / (num_slots - 1))
+
+
+def linear_epsilon(step: int, start: float, end: float, steps: int) -> float:
+    return end + (start - end) * max(0.0, 1.0 - step / steps)
+
+
+class NStepAccumulator:
+    """Turns per-step (s, a, r, s', terminated, truncated) of E envs into n-step transitions.
+
+    Emits (s_t, a_t, R_t^(n), s_{t+k}, gamma^k) with k = n, or fewer at an episode end; the
+    discount is 0 when the episode terminated (no bootstrap) and gamma^k when it was
+    truncated (bootstrap from the true last observation). Never crosses an episode end.
+    """
+
+    def __init__(self, num_envs: int, n_step: int, gamma: float):
+        self.n_step = n_step
+        self.gamma = gamma
+        self.pending: list[deque] = [deque() for _ in range(num_envs)]
+
+    def _emit(self, queue: deque, next_obs: np.ndarray, count: int, terminal: bool, out: list) -> None:
+        for _ in range(count):
+            ret, discount = 0.0, 1.0
+            for _, _, reward in queue:
+                ret += discount * reward
+                discount *= self.gamma
+            obs, action, _ = queue.popleft()
+            out.append((obs, action, ret, next_obs, 0.0 if terminal else discount))
+
+    def push(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> list[tuple]:
+        out: list[tuple] = []
+        for e, queue in enumerate(self.pending):
+            queue.append((obs[e], int(actions[e]), float(rewards[e])))
+            if terminated[e] or truncated[e]:
+                self._emit(queue, next_obs[e], len(queue), bool(terminated[e]), out)
+            elif len(queue) == self.n_step:
+                self._emit(queue, next_obs[e], 1, False, out)
+        return out
+
+
+def rows_from(transitions: list[tuple]) -> dict[str, torch.Tensor]:
+    obs, action, reward, next_obs, discount = zip(*transitions)
+    return {
+        "obs": torch.as_tensor(np.stack(obs), dtype=torch.float32),
+        "action": torch.as_tensor(action, dtype=torch.int64),
+        "reward": torch.as_tensor(reward, dtype=torch.float32),
+        "next_obs": torch.as_tensor(np.stack(next_obs), dtype=torch.float32),
+        "discount": torch.as_tensor(discount, dtype=torch.float32),
+    }
+
+
+class Actor:
+    def __init__(
+        self,
+        settings: ActorSettings,
+        storage: ReplayStorage,
+        params: ParameterStore,
+        counters: Counters,
+        stats_queue: Any,
+    ):
+        s = settings
+        self.s, self.storage, self.params, self.counters, self.stats = (
+            settings, storage, params, counters, stats_queue
+        )
+        self.envs = make_vector_env(s.env_id, s.envs_per_actor, s.env_kwargs, s.max_episode_steps)
+        self.q_net = build_network(s.network, s.obs_shape, s.num_actions)
+        self.q_net.requires_grad_(False)
+        self.rng = np.random.default_rng(s.seed)
+        self.accumulator = NStepAccumulator(s.envs_per_actor, s.n_step, s.gamma)
+        slots = s.num_actors * s.envs_per_actor
+        if s.exploration.schedule == "apex":
+            e = s.exploration
+            all_eps = apex_epsilons(slots, e.apex_base, e.apex_alpha)
+            self.fixed_eps: Optional[np.ndarray] = all_eps[s.actor_id * s.envs_per_actor:][: s.envs_per_actor]
+        else:
+            self.fixed_eps = None
+        self.obs, _ = self.envs.reset(seed=s.seed)
+        self.episode_return = np.zeros(s.envs_per_actor)
+        self.episode_length = np.zeros(s.envs_per_actor, dtype=np.int64)
+        self.outbox: list[tuple] = []
+        self.steps = 0
+        self.steps_since_sync = 0
+        self.weights_updates: Optional[int] = None
+
+    def epsilons(self) -> np.ndarray:
+        if self.fixed_eps is not None:
+            return self.fixed_eps
+        e = self.s.exploration
+        eps = linear_epsilon(self.counters.total_env_steps(), e.linear_start, e.linear_end, e.linear_steps)
+        return np.full(self.s.envs_per_actor, eps)
+
+    def sync_weights(self) -> None:
+        updates = self.params.read_into(self.q_net)
+        if updates is not None:
+            self.weights_updates = updates
+            self.counters.actor_updates[self.s.actor_id] = updates
+        self.steps_since_sync = 0
+
+    def select_actions(self, eps: np.ndarray) -> np.ndarray:
+        explore = self.rng.random(len(eps)) < eps
+        random_actions = self.rng.integers(self.s.num_actions, size=len(eps))
+        if self.weights_updates is None:  # nothing published yet: act uniformly
+            return random_actions
+        with torch.no_grad():
+            greedy = self.q_net(torch.as_tensor(self.obs, dtype=torch.float32)).argmax(1).numpy()
+        return np.where(explore, random_actions, greedy)
+
+    def learner_owes_updates(self) -> bool:
+        """True when the learner is more than `max_update_debt` updates behind the target
+        replay ratio; the actor then waits instead of filling the buffer with stale data."""
+        s = self.s
+        if s.max_update_debt is None:
+            return False
+        learnable = self.counters.total_env_steps() - s.learning_starts
+        return s.replay_ratio * learnable - self.counters.updates() > s.max_update_debt
+
+    def step(self) -> None:
+        """One vector-env step of all envs of this actor."""
+        if self.steps_since_sync >= self.s.weight_sync_steps or self.weights_updates is None:
+            self.sync_weights()
+        eps = self.epsilons()
+        actions = self.select_actions(eps)
+        next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+        done = terminated | truncated
+        true_next = next_obs
+        if done.any():
+            true_next = next_obs.copy()
+            for e in np.flatnonzero(done):
+                true_next[e] = info["final_obs"][e]
+        self.outbox += self.accumulator.push(self.obs, actions, rewards, true_next, terminated, truncated)
+        self.episode_return += rewards
+        self.episode_length += 1
+        for e in np.flatnonzero(done):
+            self.stats.put(("episode", self.s.actor_id, float(self.episode_return[e]),
+                            int(self.episode_length[e]), float(eps[e])))
+            self.episode_return[e] = 0.0
+            self.episode_length[e] = 0
+        self.obs = next_obs
+        n = self.s.envs_per_actor
+        self.steps += n
+        self.steps_since_sync += n
+        if len(self.outbox) >= self.s.write_batch:
+            self.flush()
+        self.counters.env_steps[self.s.actor_id] = self.steps
+
+    def flush(self) -> None:
+        if self.outbox:
+            self.storage.write(self.s.actor_id, rows_from(self.outbox))
+            self.outbox = []
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def actor_main(settings: ActorSettings, storage: ReplayStorage, params: ParameterStore,
+               counters: Counters, stats_queue: Any, stop_event: Any, parent_pid: int,
+               torch_threads: int, start_steps: int = 0) -> None:
+    """Process entry point: loop until the supervisor sets `stop_event` or the parent dies."""
+    import traceback
+
+    from asyncql_cli.process import init_child, parent_alive
+
+    role = f"actor-{settings.actor_id}"
+    init_child(role, parent_pid, torch_threads)
+    try:
+        actor = Actor(settings, storage, params, counters, stats_queue)
+        actor.steps = start_steps
+        slot = settings.actor_id
+        while not stop_event.is_set() and parent_alive(parent_pid):
+            counters.beat(slot)
+            if actor.learner_owes_updates():
+                time.sleep(0.001)
+                continue
+            actor.step()
+        actor.flush()
+        actor.close()
+    except Exception:
+        stats_queue.put(("error", role, traceback.format_exc()))
+        raise SystemExit(1) from None

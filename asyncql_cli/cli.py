@@ -1,0 +1,153 @@
+"""The `asyncql` console script: verbs routed to Hydra (train) or to small parsers.
+
+    asyncql train [OVERRIDES...]   Hydra app over conf/ (sweeps with -m, --cfg job, --help)
+    asyncql eval run_dir=DIR ...   greedy evaluation of a saved checkpoint
+    asyncql bench ...              throughput benchmarks
+
+Bad input anywhere (config composition, validation, env, checkpoint) is printed as one line
+`asyncql: error: ...` with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+from asyncql_cli.config import BadInput
+
+EXIT_BAD_INPUT = 2
+VERBS = ("train", "eval", "bench")
+USAGE = (
+    "usage: asyncql {train,eval,bench} ...\n"
+    "  asyncql train [OVERRIDES...]           train (Hydra overrides, -m to sweep, --help)\n"
+    "  asyncql eval run_dir=DIR [checkpoint=best|last|PATH] [eval.episodes=N] [eval.seed=S]\n"
+    "  asyncql bench [--seconds S] [--json PATH]  throughput benchmarks"
+)
+
+
+def config_dir() -> str:
+    """`conf/` beside the package in a source tree or editable install, else the copy
+    installed inside the package by `pip install .`."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError("asyncql: cannot find its conf/ directory")  # a broken install
+
+
+def fail(message: str) -> NoReturn:
+    sys.stderr.write(f"asyncql: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        text = f"{text} ({' '.join(str(cause).split())})"
+    return text or type(exc).__name__
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", lambda: os.getpid())
+    if not OmegaConf.has_resolver("sanitize"):
+        OmegaConf.register_new_resolver(
+            "sanitize", lambda value: str(value).replace("/", "_").replace(":", "_")
+        )
+
+
+def _patch_hydra_error_reporting() -> None:
+    """Hydra prints composition errors over several lines and exits 1; asyncql's contract
+    is one line and exit 2 for every user error, so wrap its reporting function."""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    original: Callable[[Any], Any] = hydra_utils.run_and_report
+
+    def run_and_report(func: Any) -> Any:
+        try:
+            return func()
+        except BadInput as exc:
+            fail(str(exc))
+        except (HydraException, OmegaConfBaseException) as exc:
+            fail(f"config: {_one_line(exc)}")
+        except Exception as exc:  # anything else: Hydra's own report (traceback), exit 1
+            error = exc
+
+            def reraise() -> Any:
+                raise error
+
+            return original(reraise)
+
+    hydra_utils.run_and_report = run_and_report
+
+
+def _train_task(cfg: Any) -> Optional[int]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from asyncql_cli.supervisor import train
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
+    logging.getLogger("asyncql").info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        code = train(cfg, run_dir)
+    except BadInput:
+        raise
+    except Exception:
+        logging.getLogger("asyncql").exception("run failed")  # the cause lands in train.log
+        raise
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return code
+    raise SystemExit(code)
+
+
+def run_train(argv: list[str]) -> None:
+    import hydra
+
+    from asyncql_cli.config import register_configs
+
+    register_configs()
+    _register_resolvers()
+    _patch_hydra_error_reporting()
+    task = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_train_task)
+    sys.argv = ["asyncql train", *argv]
+    task()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0 if args else EXIT_BAD_INPUT)
+    verb, rest = args[0], args[1:]
+    if verb not in VERBS:
+        fail(f"unknown command {verb!r}; expected one of {', '.join(VERBS)}")
+    try:
+        if verb == "train":
+            run_train(rest)
+        elif verb == "eval":
+            from asyncql_cli.evaluate_cli import run_eval
+
+            run_eval(rest)
+        else:
+            from asyncql_cli.bench import run_bench
+
+            run_bench(rest)
+    except BadInput as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Structured configs: the schema Hydra composes `conf/` into, and eager validation.
+
+Every knob a user can type is a field here with a type and a default; the YAML files in
+`conf/` carry the comments and the tuned per-env values. OmegaConf enforces types and
+rejects unknown keys while composing; `validate` checks ranges and cross-field rules on
+the whole composed config before any process starts, and raises `BadInput` with one
+line naming the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class BadInput(Exception):
+    """A user error (config, env, checkpoint): reported as one line, exit code 2."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    solved_return: Optional[float] = None
+    max_episode_steps: Optional[int] = None
+
+
+@dataclass
+class NetworkConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    dueling: bool = False
+
+
+@dataclass
+class BufferConfig:
+    name: str = "uniform"
+    capacity: int = 100_000
+    alpha: float = 0.6
+    beta: float = 0.4
+    beta_final: float = 1.0
+    priority_eps: float = 1e-6
+
+
+@dataclass
+class ParallelismConfig:
+    name: str = "local"
+    num_actors: int = 2
+    envs_per_actor: int = 8
+    num_learners: int = 1
+    learner_device: str = "auto"
+    torch_threads: int = 1
+    max_actor_restarts: int = 3
+    join_timeout_seconds: float = 5.0
+
+
+@dataclass
+class ActorConfig:
+    write_batch: int = 64
+    weight_sync_steps: int = 200
+    max_update_debt: Optional[int] = 1000
+
+
+@dataclass
+class AlgoConfig:
+    lr: float = 1e-3
+    gamma: float = 0.99
+    n_step: int = 3
+    batch_size: int = 128
+    double: bool = True
+    loss: str = "huber"
+    huber_delta: float = 1.0
+    target_update: int = 200
+    target_tau: float = 1.0
+    max_grad_norm: Optional[float] = 10.0
+    adam_eps: float = 1e-8
+    replay_ratio: float = 0.25
+    publish_interval: int = 4
+    nonfinite: str = "stop"
+
+
+@dataclass
+class ExplorationConfig:
+    schedule: str = "apex"
+    apex_base: float = 0.4
+    apex_alpha: float = 7.0
+    linear_start: float = 1.0
+    linear_end: float = 0.05
+    linear_steps: int = 20_000
+
+
+@dataclass
+class TrainConfig:
+    total_env_steps: int = 100_000
+    max_seconds: Optional[float] = None
+    learning_starts: int = 1_000
+    stop_at_return: Optional[float] = None
+    log_interval_seconds: float = 1.0
+    progress: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    interval_seconds: float = 5.0
+    episodes: int = 10
+    seed: int = 1_000_000
+    video: bool = False
+    max_episode_steps: Optional[int] = None
+
+
+@dataclass
+class CheckpointConfig:
+    interval_seconds: float = 60.0
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    resume: Optional[str] = None
+
+
+def register_configs() -> None:
+    """Make the schema available to `conf/config.yaml` as `base_config`."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "network.name": ("mlp",),
+    "buffer.name": ("uniform", "prioritized"),
+    "parallelism.name": ("local", "serial"),
+    "algo.loss": ("huber", "mse"),
+    "algo.nonfinite": ("stop", "skip"),
+    "exploration.schedule": ("apex", "linear"),
+    "train.progress": ("auto", "rich", "plain", "none"),
+}
+
+POSITIVE = (
+    "buffer.capacity", "parallelism.num_actors", "parallelism.envs_per_actor",
+    "parallelism.num_learners", "parallelism.torch_threads", "actor.write_batch",
+    "actor.weight_sync_steps", "algo.lr", "algo.n_step", "algo.batch_size",
+    "algo.huber_delta", "algo.target_update", "algo.adam_eps", "algo.replay_ratio",
+    "algo.publish_interval", "exploration.linear_steps", "train.total_env_steps",
+    "train.log_interval_seconds", "eval.interval_seconds", "eval.episodes",
+    "checkpoint.interval_seconds", "parallelism.join_timeout_seconds",
+)
+NON_NEGATIVE = ("parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed")
+UNIT_INTERVAL = (
+    "algo.gamma", "buffer.beta", "buffer.beta_final", "exploration.apex_base",
+    "exploration.linear_start", "exploration.linear_end",
+)
+OPTIONAL_POSITIVE = (
+    "train.max_seconds", "algo.max_grad_norm", "actor.max_update_debt",
+    "env.max_episode_steps", "eval.max_episode_steps",
+)
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _fail(key: str, value: Any, expected: str) -> None:
+    raise BadInput(f"config {key}={value!r}: expected {expected}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the whole composed config eagerly; raise BadInput on the first problem."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise BadInput(f"config {missing[0]} is required but not set (e.g. {missing[0]}=...)")
+    for key, options in CHOICES.items():
+        if _get(cfg, key) not in options:
+            _fail(key, _get(cfg, key), "one of " + ", ".join(options))
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            _fail(key, _get(cfg, key), "a value > 0")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            _fail(key, _get(cfg, key), "a value >= 0")
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            _fail(key, _get(cfg, key), "a value in [0, 1]")
+    for key in OPTIONAL_POSITIVE:
+        value = _get(cfg, key)
+        if value is not None and not value > 0:
+            _fail(key, value, "null or a value > 0")
+    if not 0.0 < cfg.algo.target_tau <= 1.0:
+        _fail("algo.target_tau", cfg.algo.target_tau, "a value in (0, 1] (1 = hard copy)")
+    if not cfg.network.hidden or any(h <= 0 for h in cfg.network.hidden):
+        _fail("network.hidden", list(cfg.network.hidden), "a non-empty list of sizes > 0")
+    if cfg.parallelism.num_learners != 1:
+        _fail("parallelism.num_learners", cfg.parallelism.num_learners,
+              "1 (several learners are not supported yet)")
+    slots_per_actor = cfg.buffer.capacity // cfg.parallelism.num_actors
+    if cfg.algo.batch_size > cfg.buffer.capacity:
+        _fail("algo.batch_size", cfg.algo.batch_size,
+              f"at most buffer.capacity={cfg.buffer.capacity}")
+    if slots_per_actor < 4 * cfg.actor.write_batch:
+        _fail("buffer.capacity", cfg.buffer.capacity,
+              f"at least 4 x actor.write_batch x num_actors = "
+              f"{4 * cfg.actor.write_batch * cfg.parallelism.num_actors}")
+    device = cfg.parallelism.learner_device
+    if device not in ("auto", "cpu", "cuda") and not (
+        device.startswith("cuda:") and device[5:].isdigit()
+    ):
+        _fail("parallelism.learner_device", device, "auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail("parallelism.learner_device", device, "auto or cpu: no CUDA GPU is available")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            _fail("parallelism.learner_device", device,
+                  f"a GPU index below {torch.cuda.device_count()}")
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve every interpolation in the parent; children get plain data only."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]

@@ -1,0 +1,103 @@
+"""`asyncql eval`: greedy evaluation of a run's checkpoint, a table and `eval.json`.
+
+    asyncql eval run_dir=DIR [checkpoint=best|last|PATH] [eval.episodes=N] [eval.seed=S]
+    asyncql eval DIR                      (positional shorthand for run_dir=DIR)
+
+The run's own composed config (`DIR/.hydra/config.yaml`) says which env and network to
+build; the checkpoint must match it. Results use the same evaluator as training, so the
+same checkpoint and seeds give the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from asyncql_cli.checkpoint import check_compatible, load_checkpoint, write_json
+from asyncql_cli.config import BadInput
+from asyncql_cli.evaluate import evaluate
+from asyncql_cli.networks import build_network
+
+DEFAULT_EPISODES = 100
+KEYS = ("run_dir", "checkpoint", "eval.episodes", "eval.seed", "eval.video")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for arg in argv:
+        if "=" not in arg:
+            if "run_dir" in options:
+                raise BadInput(f"unexpected argument {arg!r}; use key=value ({', '.join(KEYS)})")
+            options["run_dir"] = arg
+            continue
+        key, value = arg.split("=", 1)
+        if key not in KEYS:
+            raise BadInput(f"unknown eval option {key!r}; expected one of {', '.join(KEYS)}")
+        options[key] = value
+    if "run_dir" not in options:
+        raise BadInput("asyncql eval needs run_dir=DIR (a directory made by asyncql train)")
+    return options
+
+
+def _int_option(options: dict[str, str], key: str, default: int, minimum: int) -> int:
+    raw = options.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{key}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise BadInput(f"{key}={value}: expected a value >= {minimum}")
+    return value
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path:
+    if which in ("best", "last"):
+        return run_dir / "checkpoints" / f"{which}.pt"
+    return Path(which)
+
+
+def run_eval(argv: list[str]) -> None:
+    options = parse_args(argv)
+    run_dir = Path(options["run_dir"])
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise BadInput(f"run_dir {run_dir} does not exist")
+    if not config_file.is_file():
+        raise BadInput(f"run_dir {run_dir} has no .hydra/config.yaml; is it a directory made by asyncql train?")
+    if options.get("eval.video", "false").lower() in ("true", "1", "yes"):
+        raise BadInput("eval.video=true is not implemented yet")
+    plain: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)  # type: ignore[assignment]
+    which = options.get("checkpoint", "best")
+    path = resolve_checkpoint(run_dir, which)
+    state = load_checkpoint(path)
+    env = plain["env"]
+    check_compatible(state, path, env["id"], tuple(state["obs_shape"]), state["num_actions"], plain["network"])
+    episodes = _int_option(options, "eval.episodes", DEFAULT_EPISODES, 1)
+    seed = _int_option(options, "eval.seed", int(plain["eval"]["seed"]), 0)
+    net = build_network(plain["network"], state["obs_shape"], state["num_actions"])
+    net.load_state_dict(state["q_net"])
+    net.eval()
+    max_steps: Optional[int] = plain["eval"].get("max_episode_steps") or env.get("max_episode_steps")
+    started = time.monotonic()
+    result = evaluate(net, env["id"], env.get("kwargs") or {}, max_steps, episodes, seed)
+    report = {
+        **result.summary(), "checkpoint": str(path), "env_id": env["id"], "seed": seed,
+        "checkpoint_env_steps": state.get("env_steps"), "checkpoint_updates": state.get("updates"),
+        "solved_return": env.get("solved_return"), "wall_seconds": time.monotonic() - started,
+    }
+    out = run_dir / "eval.json" if which in ("best", "last") else path.parent / "eval.json"
+    write_json(out, report)
+    table = Table(title=f"asyncql eval: {env['id']} ({path.name})", show_header=False)
+    for key in ("mean_return", "std_return", "min_return", "max_return", "mean_length",
+                "episodes", "seed", "checkpoint_env_steps", "solved_return"):
+        value = report[key]
+        table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    table.add_row("written", str(out))
+    Console().print(table)

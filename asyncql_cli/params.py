@@ -1,0 +1,67 @@
+"""Weight publishing from the learner to actors and the evaluator, without tearing.
+
+Memory (allocated in the main process, shared with every child once at spawn):
+- `flat`: float32 CPU tensor holding all Q-network parameters back to back.
+- `meta`: int64 CPU tensor `[version, updates]`.
+
+Exactly one writer, the learner: it makes `version` odd, copies, records the update count,
+then makes `version` even again (a seqlock). Readers (actors, the main process) copy only
+when they see the same even version before and after their copy, so a reader never acts
+with half of one update and half of another. Readers never block the writer.
+CUDA tensors are never shared: a GPU learner copies its weights to this CPU tensor.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+VERSION, UPDATES = 0, 1
+
+
+class ParameterStore:
+    def __init__(self, num_params: int):
+        self.flat = torch.zeros(num_params, dtype=torch.float32).share_memory_()
+        self.meta = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    @property
+    def version(self) -> int:
+        return int(self.meta[VERSION])
+
+    @property
+    def published_updates(self) -> int:
+        return int(self.meta[UPDATES])
+
+    def publish(self, model: nn.Module, updates: int) -> None:
+        """Learner only. Copy `model`'s parameters in, bracketed by the version counter."""
+        with torch.no_grad():
+            vector = parameters_to_vector(model.parameters()).detach().to("cpu", torch.float32)
+        self.meta[VERSION] += 1
+        self.flat.copy_(vector)
+        self.meta[UPDATES] = updates
+        self.meta[VERSION] += 1
+
+    def read_into(self, model: nn.Module, timeout: float = 1.0) -> Optional[int]:
+        """Reader side. Load a consistent copy into `model`; return the learner update count
+        the weights belong to, or None if nothing has been published yet (or no consistent
+        copy could be taken within `timeout`)."""
+        deadline = time.monotonic() + timeout
+        buffer = torch.empty_like(self.flat)
+        while True:
+            before = int(self.meta[VERSION])
+            if before > 0 and before % 2 == 0:
+                buffer.copy_(self.flat)
+                updates = int(self.meta[UPDATES])
+                if int(self.meta[VERSION]) == before:
+                    with torch.no_grad():
+                        vector_to_parameters(buffer, model.parameters())
+                    return updates
+            elif before == 0:
+                return None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0)

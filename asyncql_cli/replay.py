@@ -1,0 +1,145 @@
+"""Shared-memory replay: one storage, written by actors in batches, read by samplers.
+
+Memory ownership (Sample Factory style):
+- The main process allocates every tensor below once, before spawning, and fills them
+  with sentinels (NaN observations, action -1) so a read of an unwritten slot is obvious.
+- The storage is split into one ring segment per actor. Actor i is the only writer of
+  segment i and of `cursors[i]`, the number of transitions it has committed.
+- Learners (and the main process, for `size`) only read.
+
+No lock is taken. An actor writes a batch of at most `write_batch` rows into the slots
+after its cursor and only then advances the cursor (the commit). A sampler draws logical
+positions among committed rows, leaving out the `write_batch` oldest ones (the slots the
+next batch may overwrite), gathers them, then re-reads the cursors and redraws any row that
+a write started meanwhile could have touched. So a sampled row is never half-written,
+even when the ring wraps or an actor dies in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+FIELDS = ("obs", "action", "reward", "next_obs", "discount")
+
+
+@dataclass
+class Batch:
+    """A sampled minibatch; `discount` is gamma^k for a k-step bootstrap, 0 at termination."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    discount: torch.Tensor
+    index: torch.Tensor
+    weight: Optional[torch.Tensor] = None
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {name: getattr(self, name).to(device, non_blocking=True) for name in FIELDS}
+        weight = None if self.weight is None else self.weight.to(device, non_blocking=True)
+        return Batch(**moved, index=self.index, weight=weight)
+
+
+def replay_bytes(capacity: int, obs_shape: tuple[int, ...], obs_dtype: str) -> int:
+    """Bytes of shared memory the storage will allocate."""
+    obs_bytes = int(np.prod(obs_shape)) * torch.empty((), dtype=_torch_dtype(obs_dtype)).element_size()
+    return capacity * (2 * obs_bytes + 8 + 4 + 4)
+
+
+def _torch_dtype(obs_dtype: str) -> torch.dtype:
+    return torch.uint8 if obs_dtype == "uint8" else torch.float32
+
+
+class ReplayStorage:
+    """Preallocated shared tensors plus one committed-count cursor per writer segment."""
+
+    def __init__(
+        self,
+        capacity: int,
+        num_segments: int,
+        write_batch: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: str = "float32",
+    ):
+        self.segment_size = capacity // num_segments
+        self.num_segments = num_segments
+        self.write_batch = write_batch
+        size = self.segment_size * num_segments
+        dtype = _torch_dtype(obs_dtype)
+        sentinel = 0 if dtype == torch.uint8 else float("nan")
+        self.obs = torch.full((size, *obs_shape), sentinel, dtype=dtype).share_memory_()
+        self.next_obs = torch.full((size, *obs_shape), sentinel, dtype=dtype).share_memory_()
+        self.action = torch.full((size,), -1, dtype=torch.int64).share_memory_()
+        self.reward = torch.full((size,), float("nan")).share_memory_()
+        self.discount = torch.full((size,), float("nan")).share_memory_()
+        self.cursors = torch.zeros(num_segments, dtype=torch.int64).share_memory_()
+
+    @property
+    def capacity(self) -> int:
+        return self.segment_size * self.num_segments
+
+    def size(self) -> int:
+        """Committed rows currently held (all segments)."""
+        return int(self.cursors.clamp(max=self.segment_size).sum())
+
+    def write(self, segment: int, rows: dict[str, torch.Tensor]) -> None:
+        """Writer of `segment` only. Store rows in chunks of at most `write_batch`."""
+        count = rows["action"].shape[0]
+        for begin in range(0, count, self.write_batch):
+            end = min(begin + self.write_batch, count)
+            start = int(self.cursors[segment])
+            slots = segment * self.segment_size + (
+                torch.arange(start, start + end - begin) % self.segment_size
+            )
+            for name in FIELDS:
+                getattr(self, name).index_copy_(0, slots, rows[name][begin:end])
+            self.cursors[segment] = start + end - begin  # commit after the data is in place
+
+    def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).index_select(0, slots) for name in FIELDS}
+
+
+class UniformSampler:
+    """Uniform sampling over every committed, not-being-overwritten row of the storage."""
+
+    def __init__(self, storage: ReplayStorage, seed: int):
+        self.storage = storage
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _window(self, cursors: torch.Tensor) -> torch.Tensor:
+        """Rows per segment that may be sampled: committed ones minus the in-flight margin."""
+        return cursors.clamp(max=self.storage.segment_size - self.storage.write_batch)
+
+    def sample(self, batch_size: int) -> Optional[Batch]:
+        storage = self.storage
+        cursors = storage.cursors.clone()
+        window = self._window(cursors)
+        total = int(window.sum())
+        if total == 0:
+            return None
+        segment = torch.empty(batch_size, dtype=torch.int64)
+        logical = torch.empty(batch_size, dtype=torch.int64)
+        pending = torch.arange(batch_size)
+        rows: dict[str, torch.Tensor] = {}
+        while pending.numel() > 0:
+            draw = torch.randint(total, (pending.numel(),), generator=self.generator)
+            ends = window.cumsum(0)
+            seg = torch.searchsorted(ends, draw, right=True)
+            segment[pending] = seg
+            logical[pending] = cursors[seg] - window[seg] + (draw - (ends[seg] - window[seg]))
+            slots = segment * storage.segment_size + logical % storage.segment_size
+            gathered = storage.gather(slots[pending])
+            for name, value in gathered.items():
+                if name not in rows:
+                    rows[name] = torch.empty((batch_size, *value.shape[1:]), dtype=value.dtype)
+                rows[name][pending] = value
+            after = storage.cursors.clone()
+            # A row is safe if no write begun by now (up to cursor + write_batch) reaches it.
+            overwritten = logical[pending] < after[segment[pending]] + storage.write_batch - storage.segment_size
+            pending = pending[overwritten]
+        index = segment * storage.segment_size + logical % storage.segment_size
+        return Batch(**rows, index=index)

@@ -1,0 +1,446 @@
+"""The supervisor: checks input, wires the components, owns every process's lifetime.
+
+`train(cfg, run_dir)` is the whole run, callable from tests without Hydra's wrapper.
+The main process:
+- validates the composed config, inspects the env and checks the replay fits in memory
+  before any child starts (bad input -> BadInput -> one line, exit 2);
+- allocates all shared memory (replay, parameter store, counters) and spawns the learner
+  and the actors (`parallelism=local`), or runs the same components in-process
+  (`parallelism=serial`);
+- drains the stats queue into TensorBoard and the progress display, evaluates the
+  published weights greedily on a timer (so the learner never stalls for evaluation),
+  keeps `best.pt`, restarts crashed actors within a budget, stops on a crashed learner;
+- stops on budget, time, solved, Ctrl-C or SIGTERM: sets the stop event, keeps draining
+  while children join (a child with queued data cannot exit otherwise), kills whatever
+  outlives the join timeout, and writes `summary.json`.
+Shared tensors use torch's file-descriptor sharing (segments are unlinked at creation),
+so nothing is left in /dev/shm once the processes are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.multiprocessing as mp
+from omegaconf import DictConfig
+
+from asyncql_cli.actor import Actor, ActorSettings, ExplorationSettings, actor_main
+from asyncql_cli.checkpoint import check_compatible, load_checkpoint, save_checkpoint, write_json
+from asyncql_cli.config import BadInput, to_plain, validate
+from asyncql_cli.envs import EnvSpec, inspect_env
+from asyncql_cli.evaluate import evaluate
+from asyncql_cli.learner import Learner, LearnerSettings, learner_main
+from asyncql_cli.networks import build_network, num_parameters
+from asyncql_cli.params import ParameterStore
+from asyncql_cli.process import Counters
+from asyncql_cli.replay import ReplayStorage, replay_bytes
+from asyncql_cli.reporting import Reporter
+
+log = logging.getLogger("asyncql")
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+SUPERVISE_TICK_SECONDS = 0.05
+SERIAL_ACTOR_STEPS_PER_TICK = 8
+MEMORY_HEADROOM = 1.2
+
+
+# ---------------------------------------------------------------------------- builders
+def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int) -> ActorSettings:
+    p, a, e = plain["parallelism"], plain["algo"], plain["exploration"]
+    return ActorSettings(
+        actor_id=actor_id, num_actors=p["num_actors"], envs_per_actor=p["envs_per_actor"],
+        env_id=spec.env_id, env_kwargs=plain["env"]["kwargs"],
+        max_episode_steps=plain["env"]["max_episode_steps"], obs_shape=spec.obs_shape,
+        num_actions=spec.num_actions, network=plain["network"], gamma=a["gamma"],
+        n_step=a["n_step"], write_batch=plain["actor"]["write_batch"],
+        weight_sync_steps=plain["actor"]["weight_sync_steps"],
+        exploration=ExplorationSettings(
+            schedule=e["schedule"], apex_base=e["apex_base"], apex_alpha=e["apex_alpha"],
+            linear_start=e["linear_start"], linear_end=e["linear_end"],
+            linear_steps=e["linear_steps"],
+        ),
+        seed=plain["seed"] * 10_000 + actor_id * p["envs_per_actor"],
+        replay_ratio=a["replay_ratio"], learning_starts=plain["train"]["learning_starts"],
+        max_update_debt=plain["actor"]["max_update_debt"],
+    )
+
+
+def checkpoint_meta(plain: dict[str, Any], spec: EnvSpec) -> dict[str, Any]:
+    return {
+        "env_id": spec.env_id, "obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions,
+        "network": plain["network"], "config": plain,
+    }
+
+
+def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path) -> LearnerSettings:
+    a = plain["algo"]
+    return LearnerSettings(
+        obs_shape=spec.obs_shape, num_actions=spec.num_actions, network=plain["network"],
+        device=plain["parallelism"]["learner_device"], lr=a["lr"], adam_eps=a["adam_eps"],
+        double=a["double"], loss=a["loss"], huber_delta=a["huber_delta"],
+        batch_size=a["batch_size"], target_update=a["target_update"],
+        target_tau=a["target_tau"], max_grad_norm=a["max_grad_norm"],
+        replay_ratio=a["replay_ratio"], learning_starts=plain["train"]["learning_starts"],
+        publish_interval=a["publish_interval"], nonfinite=a["nonfinite"], seed=plain["seed"],
+        stats_interval_seconds=plain["train"]["log_interval_seconds"],
+        checkpoint_dir=str(run_dir / "checkpoints"),
+        checkpoint_interval_seconds=plain["checkpoint"]["interval_seconds"],
+        checkpoint_meta=checkpoint_meta(plain, spec),
+    )
+
+
+def check_memory(needed: int, shm_dir: str = "/dev/shm") -> None:
+    """Refuse a replay that cannot fit before anything is spawned (SIGBUS otherwise)."""
+    if os.path.isdir(shm_dir):
+        free = shutil.disk_usage(shm_dir).free
+        if needed * MEMORY_HEADROOM > free:
+            raise BadInput(
+                f"buffer.capacity needs {needed / 2**20:,.0f} MiB of shared memory but {shm_dir} "
+                f"has {free / 2**20:,.0f} MiB free; lower buffer.capacity or enlarge /dev/shm "
+                "(docker run --shm-size=...)"
+            )
+    available = _mem_available()
+    if available is not None and needed * MEMORY_HEADROOM > available:
+        raise BadInput(
+            f"buffer.capacity needs {needed / 2**20:,.0f} MiB of memory but only "
+            f"{available / 2**20:,.0f} MiB is available; lower buffer.capacity"
+        )
+
+
+def _mem_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# ------------------------------------------------------------------------------ wiring
+@dataclass
+class Components:
+    """Everything shared between processes, allocated here in the main process."""
+
+    storage: ReplayStorage
+    params: ParameterStore
+    counters: Counters
+    stats: Any
+    stop: Any
+    ctx: Any
+    processes: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+
+
+def connect_components(plain: dict[str, Any], spec: EnvSpec, serial: bool) -> Components:
+    p = plain["parallelism"]
+    storage = ReplayStorage(  # one segment per actor: each actor is its segment's only writer
+        plain["buffer"]["capacity"], p["num_actors"], plain["actor"]["write_batch"],
+        spec.obs_shape, "float32",
+    )
+    probe = build_network(plain["network"], spec.obs_shape, spec.num_actions)
+    params = ParameterStore(num_parameters(probe))  # learner writes, actors and eval read
+    counters = Counters(p["num_actors"])  # per-slot single writers, see process.py
+    ctx = mp.get_context("spawn")
+    stats = queue.SimpleQueue() if serial else ctx.Queue()  # children -> main: episodes, losses
+    stop = ctx.Event()  # main -> children: finish your batch and exit
+    return Components(storage, params, counters, stats, stop, ctx)
+
+
+# ---------------------------------------------------------------------------- the run
+class Run:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.plain = to_plain(cfg)
+        self.run_dir = run_dir
+        self.interrupts = 0
+        self.error: Optional[str] = None
+        self.exit_reason = "budget"
+        self.best_eval: Optional[float] = None
+        self.best_env_steps: Optional[int] = None
+        self.solved_at: Optional[float] = None
+
+    # -- signals ---------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            log.warning("%s received: stopping cleanly (again to force)", signal.Signals(signum).name)
+        else:
+            log.warning("second interrupt: forcing exit")
+
+    # -- processes -------------------------------------------------------------------
+    def _spawn_actor(self, c: Components, actor_id: int) -> None:
+        settings = build_actor_settings(self.plain, self.spec, actor_id)
+        start = int(c.counters.env_steps[actor_id])
+        proc = c.ctx.Process(
+            target=actor_main, name=f"asyncql:actor-{actor_id}", daemon=True,
+            args=(settings, c.storage, c.params, c.counters, c.stats, c.stop, os.getpid(),
+                  self.plain["parallelism"]["torch_threads"], start),
+        )
+        proc.start()
+        c.processes[f"actor-{actor_id}"] = proc
+        log.info("actor-%d started (pid %d)", actor_id, proc.pid)
+
+    def _spawn_learner(self, c: Components, resume_state: Optional[dict]) -> None:
+        proc = c.ctx.Process(
+            target=learner_main, name="asyncql:learner-0", daemon=True,
+            args=(self.learner_settings, c.storage, c.params, c.counters, c.stats, c.stop,
+                  os.getpid(), self.plain["parallelism"]["torch_threads"], resume_state),
+        )
+        proc.start()
+        c.processes["learner-0"] = proc
+        log.info("learner-0 started (pid %d, device %s)", proc.pid, self.learner_settings.device)
+
+    def _check_children(self, c: Components) -> None:
+        for role, proc in list(c.processes.items()):
+            if proc.exitcode is None:
+                continue
+            cause = self.child_errors.get(role, f"exit code {proc.exitcode}")
+            if role.startswith("learner"):
+                self.error = f"{role} crashed: {cause}"
+                return
+            budget = self.plain["parallelism"]["max_actor_restarts"]
+            if c.restarts >= budget:
+                self.error = f"{role} crashed and the restart budget ({budget}) is spent: {cause}"
+                return
+            c.restarts += 1
+            log.error("%s died (%s); restarting (%d/%d)", role, cause.strip().splitlines()[-1],
+                      c.restarts, budget)
+            self._spawn_actor(c, int(role.split("-")[1]))
+
+    def _shutdown(self, c: Components) -> None:
+        c.stop.set()
+        deadline = time.monotonic() + self.plain["parallelism"]["join_timeout_seconds"]
+        while any(p.is_alive() for p in c.processes.values()):
+            self._drain(c)
+            if time.monotonic() > deadline or self.interrupts >= 2:
+                break
+            time.sleep(0.02)
+        for role, proc in c.processes.items():
+            if proc.is_alive():
+                log.warning("%s did not stop in time; killing it", role)
+                proc.kill()
+            proc.join(timeout=2.0)
+        self._drain(c)
+        if hasattr(c.stats, "close"):
+            c.stats.close()
+            c.stats.join_thread()
+
+    # -- stats -----------------------------------------------------------------------
+    def _drain(self, c: Components) -> None:
+        while True:
+            try:
+                message = c.stats.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            kind = message[0]
+            steps = c.counters.total_env_steps()
+            if kind == "episode":
+                _, _, ret, length, eps = message
+                self.reporter.episode(ret, length, eps, steps)
+            elif kind == "learner":
+                _, means, updates, skipped = message
+                for name, value in means.items():
+                    self.reporter.scalar(f"learner/{name}", value, steps)
+                if skipped:
+                    self.reporter.scalar("learner/skipped_updates", skipped, steps)
+            elif kind == "error":
+                _, role, text = message
+                self.child_errors[role] = text
+                log.error("%s failed:\n%s", role, text)
+
+    # -- evaluation ------------------------------------------------------------------
+    def _evaluate(self, c: Components, steps: int) -> Optional[float]:
+        updates = c.params.read_into(self.eval_net)
+        if updates is None:
+            return None
+        env, ev = self.plain["env"], self.plain["eval"]
+        result = evaluate(self.eval_net, self.spec.env_id, env["kwargs"],
+                          ev["max_episode_steps"] or env["max_episode_steps"],
+                          ev["episodes"], ev["seed"])
+        mean = result.mean
+        self.reporter.scalar("eval/mean_return", mean, steps)
+        self.reporter.eval_return = mean
+        if self.best_eval is None or mean > self.best_eval:
+            self.best_eval = mean
+            self.best_env_steps = steps
+            self.reporter.best_eval = mean
+            state = {**checkpoint_meta(self.plain, self.spec),
+                     "q_net": {k: v.clone() for k, v in self.eval_net.state_dict().items()},
+                     "updates": updates, "env_steps": steps, "eval_return": mean,
+                     "eval_episodes": ev["episodes"], "eval_seed": ev["seed"]}
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
+        log.info("eval at %d env steps (%d updates): mean return %.1f over %d episodes",
+                 steps, updates, mean, ev["episodes"])
+        return mean
+
+    # -- main loop -------------------------------------------------------------------
+    def execute(self) -> int:
+        plain = self.plain
+        env = plain["env"]
+        self.spec = inspect_env(env["id"], env["kwargs"], env["max_episode_steps"])
+        check_memory(replay_bytes(plain["buffer"]["capacity"], self.spec.obs_shape, "float32"))
+        try:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"run directory {self.run_dir} is not writable ({exc.strerror})") from None
+        if not os.access(self.run_dir, os.W_OK):
+            raise BadInput(f"run directory {self.run_dir} is not writable")
+        serial = plain["parallelism"]["name"] == "serial"
+        self.learner_settings = build_learner_settings(plain, self.spec, self.run_dir)
+        self.eval_net = build_network(plain["network"], self.spec.obs_shape, self.spec.num_actions)
+        self.child_errors: dict[str, str] = {}
+        torch.set_num_threads(plain["parallelism"]["torch_threads"])
+        c = connect_components(plain, self.spec, serial)
+        self.reporter = Reporter(str(self.run_dir), plain["train"]["total_env_steps"],
+                                 plain["train"]["progress"])
+        log.info("run dir %s (main pid %d)", self.run_dir, os.getpid())
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        start = time.monotonic()
+        try:
+            if serial:
+                self._run_serial(c, start)
+            else:
+                self._spawn_learner(c, None)
+                for actor_id in range(plain["parallelism"]["num_actors"]):
+                    self._spawn_actor(c, actor_id)
+                self._loop(c, start, step=lambda: time.sleep(SUPERVISE_TICK_SECONDS))
+        finally:
+            if not serial:
+                self._shutdown(c)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._finish(c, start)
+
+    def _run_serial(self, c: Components, start: float) -> None:
+        """The same components, stepped in turn in this process (debugging, fast tests)."""
+        n = self.plain["parallelism"]["num_actors"]
+        actors = [Actor(build_actor_settings(self.plain, self.spec, i), c.storage, c.params,
+                        c.counters, c.stats) for i in range(n)]
+        learner = Learner(self.learner_settings, c.storage, c.params, c.counters, c.stats)
+        learner.publish()
+        self.serial_learner = learner
+
+        def step() -> None:
+            for _ in range(SERIAL_ACTOR_STEPS_PER_TICK):
+                for actor in actors:
+                    actor.step()
+            while learner.data_allows_update() and learner.update():
+                pass
+
+        try:
+            self._loop(c, start, step)
+        finally:
+            learner.flush_stats()
+            learner.save_last()
+            for actor in actors:
+                actor.close()
+
+    def _loop(self, c: Components, start: float, step: Any) -> None:
+        t, ev = self.plain["train"], self.plain["eval"]
+        last_log = last_eval = time.monotonic()
+        last_steps, last_updates = c.counters.total_env_steps(), c.counters.updates()
+        while True:
+            step()
+            self._drain(c)
+            now = time.monotonic()
+            steps, updates = c.counters.total_env_steps(), c.counters.updates()
+            if now - last_log >= t["log_interval_seconds"]:
+                self._log_perf(c, steps, updates, steps - last_steps, updates - last_updates, now - last_log)
+                last_log, last_steps, last_updates = now, steps, updates
+            self.reporter.progress(steps, updates, c.storage.size())
+            if now - last_eval >= ev["interval_seconds"]:
+                mean = self._evaluate(c, steps)
+                last_eval = time.monotonic()
+                if mean is not None and t["stop_at_return"] is not None and mean >= t["stop_at_return"]:
+                    self.exit_reason = "solved"
+                    return
+            if self.interrupts:
+                self.exit_reason = "interrupted"
+                return
+            if not self.serial_mode:
+                self._check_children(c)
+            if self.error is not None:
+                self.exit_reason = "error"
+                return
+            if steps >= t["total_env_steps"]:
+                self.exit_reason = "budget"
+                return
+            if t["max_seconds"] is not None and now - start >= t["max_seconds"]:
+                self.exit_reason = "max_seconds"
+                return
+
+    @property
+    def serial_mode(self) -> bool:
+        return self.plain["parallelism"]["name"] == "serial"
+
+    def _log_perf(self, c: Components, steps: int, updates: int, d_steps: int, d_updates: int,
+                  seconds: float) -> None:
+        self.reporter.env_steps_per_sec = d_steps / seconds
+        self.reporter.updates_per_sec = d_updates / seconds
+        self.reporter.scalar("perf/env_steps_per_sec", d_steps / seconds, steps)
+        self.reporter.scalar("perf/updates_per_sec", d_updates / seconds, steps)
+        self.reporter.scalar("replay/size", c.storage.size(), steps)
+        acting = c.counters.actor_updates.float().mean().item()
+        self.reporter.scalar("actor/policy_lag", updates - acting, steps)
+
+    # -- end -------------------------------------------------------------------------
+    def _finish(self, c: Components, start: float) -> int:
+        wall = time.monotonic() - start
+        steps, updates = c.counters.total_env_steps(), c.counters.updates()
+        if self.error is None and self.interrupts < 2 and self.exit_reason != "interrupted":
+            self._evaluate(c, steps)  # the final weights may beat the last timed evaluation
+        solved_return = self.plain["env"]["solved_return"]
+        solved = bool(self.best_eval is not None and solved_return is not None
+                      and self.best_eval >= solved_return)
+        summary = {
+            "env_id": self.spec.env_id, "env_steps": steps, "updates": updates,
+            "wall_seconds": wall, "env_steps_per_sec": steps / wall if wall > 0 else 0.0,
+            "updates_per_sec": updates / wall if wall > 0 else 0.0,
+            "best_eval_return": self.best_eval, "best_eval_env_steps": self.best_env_steps,
+            "solved": solved, "exit_reason": self.exit_reason, "error": self.error,
+            "actor_restarts": c.restarts, "run_dir": str(self.run_dir),
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        metrics = {"hparams/best_eval_return": self.best_eval if self.best_eval is not None else float("nan"),
+                   "hparams/env_steps_per_sec": summary["env_steps_per_sec"]}
+        self.reporter.write_hparams(flat_hparams(self.plain), metrics, steps)
+        self.reporter.close()
+        self.reporter.final_table(summary)
+        if self.error is not None:
+            log.error("run failed: %s", self.error)
+            return EXIT_ERROR
+        return EXIT_INTERRUPTED if self.exit_reason == "interrupted" else EXIT_OK
+
+
+def flat_hparams(plain: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten the config to TensorBoard-hparams-compatible scalars and strings."""
+    flat: dict[str, Any] = {}
+    for key, value in plain.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        elif value is not None:
+            flat[name] = str(value)
+    return flat
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> int:
+    """Validate, run, and return the exit code. Raises BadInput for user errors."""
+    validate(cfg)
+    return Run(cfg, Path(run_dir)).execute()
+
+
+__all__ = ["train", "BadInput", "EXIT_OK", "EXIT_ERROR", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED",
+           "load_checkpoint", "check_compatible"]
