@@ -245,6 +245,6 @@ def actor_main(settings: ActorSettings, storage: ReplayStorage, params: Paramete
             actor.step()
         actor.flush()
         actor.close()
-    except Exception:
-        stats_queue.put(("error", role, traceback.format_exc()))
+    except Exception as exc:
+        stats_queue.put(("error", role, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         raise SystemExit(1) from None

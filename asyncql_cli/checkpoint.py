@@ -27,6 +27,9 @@ FORMAT = "asyncql-checkpoint-v1"
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -80,3 +83,43 @@ def check_compatible(state: dict[str, Any], path: Path, env_id: str, obs_shape: 
     for what, found, expected in checks:
         if found != expected:
             raise BadInput(f"checkpoint {path} has {what} {found!r}, but this run needs {expected!r}")
+
+
+REPLAY_FORMAT = "asyncql-replay-v1"
+
+
+def save_replay(storage: Any, path: Path) -> int:
+    """Main process, after every writer has stopped: each segment's held rows, oldest first,
+    as plain tensors. Returns the number of rows saved."""
+    from asyncql_cli.replay import FIELDS
+
+    slots, lengths = [], []
+    size = storage.segment_size
+    for segment in range(storage.num_segments):
+        cursor = int(storage.cursors[segment])
+        held = min(cursor, size)
+        logical = torch.arange(cursor - held, cursor)
+        slots.append(segment * size + logical % size)
+        lengths.append(held)
+    index = torch.cat(slots)
+    payload = {"format": REPLAY_FORMAT, "segment_lengths": lengths,
+               **{name: getattr(storage, name).index_select(0, index) for name in FIELDS}}
+    _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+    return int(index.numel())
+
+
+def load_replay_into(storage: Any, path: Path) -> int:
+    """Main process, before any actor starts: refill the storage from `save_replay`'s file.
+    Saved segment j goes to segment j mod (number of segments now). Returns rows restored."""
+    from asyncql_cli.replay import FIELDS
+
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != REPLAY_FORMAT:
+        raise BadInput(f"replay file {path} is not an asyncql replay")
+    begin = 0
+    for j, length in enumerate(state["segment_lengths"]):
+        rows = {name: state[name][begin:begin + length] for name in FIELDS}
+        if length:
+            storage.write(j % storage.num_segments, rows)
+        begin += length
+    return begin

@@ -80,15 +80,28 @@ def _patch_hydra_error_reporting() -> None:
             fail(str(exc))
         except (HydraException, OmegaConfBaseException) as exc:
             fail(f"config: {_one_line(exc)}")
+        except OSError as exc:
+            if _task_started:  # raised by the run itself: not a run-dir problem
+                return original(_raiser(exc))
+            # Before the task runs, Hydra only touches the filesystem to create the run
+            # (or sweep) dir and write .hydra/ and the log file there.
+            where = f": {exc.filename}" if exc.filename else ""
+            fail(f"cannot create or write the run directory ({exc.strerror or exc}{where}); "
+                 "pass a writable hydra.run.dir=DIR")
         except Exception as exc:  # anything else: Hydra's own report (traceback), exit 1
-            error = exc
-
-            def reraise() -> Any:
-                raise error
-
-            return original(reraise)
+            return original(_raiser(exc))
 
     hydra_utils.run_and_report = run_and_report
+
+
+def _raiser(error: BaseException) -> Callable[[], Any]:
+    def reraise() -> Any:
+        raise error
+
+    return reraise
+
+
+_task_started = False  # set once Hydra has made the run dir and calls the task
 
 
 def _train_task(cfg: Any) -> Optional[int]:
@@ -96,15 +109,23 @@ def _train_task(cfg: Any) -> Optional[int]:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from asyncql_cli.supervisor import train
+    from asyncql_cli.config import validate
 
+    global _task_started
+    _task_started = True
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
-    logging.getLogger("asyncql").info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    log = logging.getLogger("asyncql")
+    log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
+        validate(cfg)  # before importing torch and the supervisor: config errors fail fast
+        from asyncql_cli.supervisor import train
+
         code = train(cfg, run_dir)
-    except BadInput:
-        raise
+    except BadInput as exc:
+        # Exit here: a BadInput returned to Hydra would add its own "Error executing job" line.
+        log.error("bad input: %s", exc)  # also in train.log
+        fail(str(exc))
     except Exception:
         logging.getLogger("asyncql").exception("run failed")  # the cause lands in train.log
         raise
@@ -122,7 +143,9 @@ def run_train(argv: list[str]) -> None:
     _register_resolvers()
     _patch_hydra_error_reporting()
     task = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(_train_task)
-    sys.argv = ["asyncql train", *argv]
+    from asyncql_cli.resume import resume_argv
+
+    sys.argv = ["asyncql train", *resume_argv(argv)]
     task()
 
 

@@ -114,6 +114,7 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     interval_seconds: float = 60.0
+    save_replay: bool = False
 
 
 @dataclass
@@ -154,9 +155,12 @@ POSITIVE = (
     "algo.huber_delta", "algo.target_update", "algo.adam_eps", "algo.replay_ratio",
     "algo.publish_interval", "exploration.linear_steps", "train.total_env_steps",
     "train.log_interval_seconds", "eval.interval_seconds", "eval.episodes",
-    "checkpoint.interval_seconds", "parallelism.join_timeout_seconds",
+    "checkpoint.interval_seconds", "parallelism.join_timeout_seconds", "buffer.priority_eps",
 )
-NON_NEGATIVE = ("parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed")
+NON_NEGATIVE = (
+    "parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed",
+    "eval.seed", "exploration.apex_alpha",
+)
 UNIT_INTERVAL = (
     "algo.gamma", "buffer.beta", "buffer.beta_final", "exploration.apex_base",
     "exploration.linear_start", "exploration.linear_end",
@@ -187,7 +191,7 @@ def validate(cfg: DictConfig) -> None:
         if not _get(cfg, key) > 0:
             _fail(key, _get(cfg, key), "a value > 0")
     for key in NON_NEGATIVE:
-        if _get(cfg, key) < 0:
+        if not _get(cfg, key) >= 0:  # `not >=` also rejects nan
             _fail(key, _get(cfg, key), "a value >= 0")
     for key in UNIT_INTERVAL:
         if not 0.0 <= _get(cfg, key) <= 1.0:
@@ -204,13 +208,18 @@ def validate(cfg: DictConfig) -> None:
         _fail("parallelism.num_learners", cfg.parallelism.num_learners,
               "1 (several learners are not supported yet)")
     slots_per_actor = cfg.buffer.capacity // cfg.parallelism.num_actors
-    if cfg.algo.batch_size > cfg.buffer.capacity:
+    usable = slots_per_actor * cfg.parallelism.num_actors  # the replay never holds more rows
+    split = "" if usable == cfg.buffer.capacity else f" ({usable} rows once split over the actors)"
+    if cfg.algo.batch_size > usable:
         _fail("algo.batch_size", cfg.algo.batch_size,
-              f"at most buffer.capacity={cfg.buffer.capacity}")
+              f"at most buffer.capacity={cfg.buffer.capacity}{split}")
     if slots_per_actor < 4 * cfg.actor.write_batch:
         _fail("buffer.capacity", cfg.buffer.capacity,
               f"at least 4 x actor.write_batch x num_actors = "
               f"{4 * cfg.actor.write_batch * cfg.parallelism.num_actors}")
+    if cfg.train.learning_starts > usable:  # the learner would never start, the actors would stall
+        _fail("train.learning_starts", cfg.train.learning_starts,
+              f"at most buffer.capacity={cfg.buffer.capacity}{split}")
     device = cfg.parallelism.learner_device
     if device not in ("auto", "cpu", "cuda") and not (
         device.startswith("cuda:") and device[5:].isdigit()

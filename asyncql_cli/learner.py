@@ -96,6 +96,8 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
         self.counters.learner_updates[0] = self.updates
+        torch.set_rng_state(state["torch_rng"])
+        self.sampler.generator.set_state(state["sampler_rng"])
 
     def publish(self) -> None:
         self.params.publish(self.q_net, self.updates)
@@ -163,6 +165,8 @@ class Learner:
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "updates": self.updates,
             "env_steps": self.counters.total_env_steps(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler.generator.get_state(),
         }
 
     def save_last(self) -> None:
@@ -206,6 +210,6 @@ def learner_main(settings: LearnerSettings, storage: ReplayStorage, params: Para
         if parent_alive(parent_pid):
             learner.save_last()
         stats_queue.put(("learner_done", learner.updates))
-    except Exception:
-        stats_queue.put(("error", "learner-0", traceback.format_exc()))
+    except Exception as exc:
+        stats_queue.put(("error", "learner-0", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         raise SystemExit(1) from None

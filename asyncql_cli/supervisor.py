@@ -19,6 +19,7 @@ so nothing is left in /dev/shm once the processes are gone.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -34,7 +35,14 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
 from asyncql_cli.actor import Actor, ActorSettings, ExplorationSettings, actor_main
-from asyncql_cli.checkpoint import check_compatible, load_checkpoint, save_checkpoint, write_json
+from asyncql_cli.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    load_replay_into,
+    save_checkpoint,
+    save_replay,
+    write_json,
+)
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import EnvSpec, inspect_env
 from asyncql_cli.evaluate import evaluate
@@ -51,10 +59,12 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 SUPERVISE_TICK_SECONDS = 0.05
 SERIAL_ACTOR_STEPS_PER_TICK = 8
 MEMORY_HEADROOM = 1.2
+REPLAY_FILE = "replay.pt"
 
 
 # ---------------------------------------------------------------------------- builders
-def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int) -> ActorSettings:
+def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int,
+                         generation: int = 0) -> ActorSettings:
     p, a, e = plain["parallelism"], plain["algo"], plain["exploration"]
     return ActorSettings(
         actor_id=actor_id, num_actors=p["num_actors"], envs_per_actor=p["envs_per_actor"],
@@ -68,20 +78,22 @@ def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int) ->
             linear_start=e["linear_start"], linear_end=e["linear_end"],
             linear_steps=e["linear_steps"],
         ),
-        seed=plain["seed"] * 10_000 + actor_id * p["envs_per_actor"],
+        # a resumed run (generation g) must not replay the original episodes' seeds
+        seed=plain["seed"] * 10_000 + generation * 1_000 + actor_id * p["envs_per_actor"],
         replay_ratio=a["replay_ratio"], learning_starts=plain["train"]["learning_starts"],
         max_update_debt=plain["actor"]["max_update_debt"],
     )
 
 
-def checkpoint_meta(plain: dict[str, Any], spec: EnvSpec) -> dict[str, Any]:
+def checkpoint_meta(plain: dict[str, Any], spec: EnvSpec, generation: int = 0) -> dict[str, Any]:
     return {
         "env_id": spec.env_id, "obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions,
-        "network": plain["network"], "config": plain,
+        "network": plain["network"], "config": plain, "generation": generation,
     }
 
 
-def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path) -> LearnerSettings:
+def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path,
+                           generation: int = 0) -> LearnerSettings:
     a = plain["algo"]
     return LearnerSettings(
         obs_shape=spec.obs_shape, num_actions=spec.num_actions, network=plain["network"],
@@ -94,7 +106,7 @@ def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path) 
         stats_interval_seconds=plain["train"]["log_interval_seconds"],
         checkpoint_dir=str(run_dir / "checkpoints"),
         checkpoint_interval_seconds=plain["checkpoint"]["interval_seconds"],
-        checkpoint_meta=checkpoint_meta(plain, spec),
+        checkpoint_meta=checkpoint_meta(plain, spec, generation),
     )
 
 
@@ -125,6 +137,17 @@ def _mem_available() -> Optional[int]:
     except OSError:
         return None
     return None
+
+
+def _start_ignoring_sigint(proc: Any) -> None:
+    """Start a child with SIGINT ignored from its first instruction: a terminal's Ctrl-C
+    goes to the whole process group, and a child still importing modules would otherwise
+    die with KeyboardInterrupt. Only the supervisor reacts to Ctrl-C."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 # ------------------------------------------------------------------------------ wiring
@@ -167,7 +190,8 @@ class Run:
         self.exit_reason = "budget"
         self.best_eval: Optional[float] = None
         self.best_env_steps: Optional[int] = None
-        self.solved_at: Optional[float] = None
+        self.generation = 0
+        self.previous_wall = 0.0
 
     # -- signals ---------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -179,14 +203,14 @@ class Run:
 
     # -- processes -------------------------------------------------------------------
     def _spawn_actor(self, c: Components, actor_id: int) -> None:
-        settings = build_actor_settings(self.plain, self.spec, actor_id)
+        settings = build_actor_settings(self.plain, self.spec, actor_id, self.generation)
         start = int(c.counters.env_steps[actor_id])
         proc = c.ctx.Process(
             target=actor_main, name=f"asyncql:actor-{actor_id}", daemon=True,
             args=(settings, c.storage, c.params, c.counters, c.stats, c.stop, os.getpid(),
                   self.plain["parallelism"]["torch_threads"], start),
         )
-        proc.start()
+        _start_ignoring_sigint(proc)
         c.processes[f"actor-{actor_id}"] = proc
         log.info("actor-%d started (pid %d)", actor_id, proc.pid)
 
@@ -196,7 +220,7 @@ class Run:
             args=(self.learner_settings, c.storage, c.params, c.counters, c.stats, c.stop,
                   os.getpid(), self.plain["parallelism"]["torch_threads"], resume_state),
         )
-        proc.start()
+        _start_ignoring_sigint(proc)
         c.processes["learner-0"] = proc
         log.info("learner-0 started (pid %d, device %s)", proc.pid, self.learner_settings.device)
 
@@ -204,7 +228,8 @@ class Run:
         for role, proc in list(c.processes.items()):
             if proc.exitcode is None:
                 continue
-            cause = self.child_errors.get(role, f"exit code {proc.exitcode}")
+            self._drain(c)  # the child's last words (its error) arrive before its exit
+            cause = self.child_errors.pop(role, None) or _describe_exit(proc.exitcode)
             if role.startswith("learner"):
                 self.error = f"{role} crashed: {cause}"
                 return
@@ -213,8 +238,7 @@ class Run:
                 self.error = f"{role} crashed and the restart budget ({budget}) is spent: {cause}"
                 return
             c.restarts += 1
-            log.error("%s died (%s); restarting (%d/%d)", role, cause.strip().splitlines()[-1],
-                      c.restarts, budget)
+            log.error("%s died (%s); restarting (%d/%d)", role, cause, c.restarts, budget)
             self._spawn_actor(c, int(role.split("-")[1]))
 
     def _shutdown(self, c: Components) -> None:
@@ -254,9 +278,9 @@ class Run:
                 if skipped:
                     self.reporter.scalar("learner/skipped_updates", skipped, steps)
             elif kind == "error":
-                _, role, text = message
-                self.child_errors[role] = text
-                log.error("%s failed:\n%s", role, text)
+                _, role, reason, text = message
+                self.child_errors[role] = reason
+                log.error("%s failed: %s\n%s", role, reason, text)
 
     # -- evaluation ------------------------------------------------------------------
     def _evaluate(self, c: Components, steps: int) -> Optional[float]:
@@ -301,16 +325,19 @@ class Run:
         self.child_errors: dict[str, str] = {}
         torch.set_num_threads(plain["parallelism"]["torch_threads"])
         c = connect_components(plain, self.spec, serial)
+        resume_state = self._restore(c) if plain["resume"] else None
         self.reporter = Reporter(str(self.run_dir), plain["train"]["total_env_steps"],
-                                 plain["train"]["progress"])
+                                 plain["train"]["progress"],
+                                 purge_step=c.counters.total_env_steps() if resume_state else None)
+        self.reporter.best_eval = self.best_eval
         log.info("run dir %s (main pid %d)", self.run_dir, os.getpid())
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start = time.monotonic()
         try:
             if serial:
-                self._run_serial(c, start)
+                self._run_serial(c, start, resume_state)
             else:
-                self._spawn_learner(c, None)
+                self._spawn_learner(c, resume_state)
                 for actor_id in range(plain["parallelism"]["num_actors"]):
                     self._spawn_actor(c, actor_id)
                 self._loop(c, start, step=lambda: time.sleep(SUPERVISE_TICK_SECONDS))
@@ -321,12 +348,35 @@ class Run:
                 signal.signal(sig, handler)
         return self._finish(c, start)
 
-    def _run_serial(self, c: Components, start: float) -> None:
+    def _restore(self, c: Components) -> dict[str, Any]:
+        """Continue a run: learner state from last.pt, counters, best score, replay."""
+        checkpoints = self.run_dir / "checkpoints"
+        state = load_checkpoint(checkpoints / "last.pt")
+        check_compatible(state, checkpoints / "last.pt", self.spec.env_id, self.spec.obs_shape,
+                         self.spec.num_actions, self.plain["network"])
+        c.counters.env_steps_offset[0] = int(state["env_steps"])
+        c.counters.learner_updates[0] = int(state["updates"])
+        self.generation = int(state.get("generation", 0)) + 1
+        self.previous_wall = _previous_wall_seconds(self.run_dir / "summary.json")
+        self.learner_settings = build_learner_settings(self.plain, self.spec, self.run_dir, self.generation)
+        if (checkpoints / "best.pt").is_file():
+            best = load_checkpoint(checkpoints / "best.pt")
+            self.best_eval = best.get("eval_return")
+            self.best_env_steps = best.get("env_steps")
+        replay_file = checkpoints / REPLAY_FILE
+        restored = load_replay_into(c.storage, replay_file) if replay_file.is_file() else 0
+        log.info("resuming at %d env steps, %d updates (generation %d), %d replay rows restored",
+                 state["env_steps"], state["updates"], self.generation, restored)
+        return state
+
+    def _run_serial(self, c: Components, start: float, resume_state: Optional[dict] = None) -> None:
         """The same components, stepped in turn in this process (debugging, fast tests)."""
         n = self.plain["parallelism"]["num_actors"]
-        actors = [Actor(build_actor_settings(self.plain, self.spec, i), c.storage, c.params,
+        actors = [Actor(build_actor_settings(self.plain, self.spec, i, self.generation), c.storage, c.params,
                         c.counters, c.stats) for i in range(n)]
         learner = Learner(self.learner_settings, c.storage, c.params, c.counters, c.stats)
+        if resume_state is not None:
+            learner.load_state(resume_state)
         learner.publish()
         self.serial_learner = learner
 
@@ -402,9 +452,13 @@ class Run:
         solved_return = self.plain["env"]["solved_return"]
         solved = bool(self.best_eval is not None and solved_return is not None
                       and self.best_eval >= solved_return)
+        if self.plain["checkpoint"]["save_replay"] and self.interrupts < 2:
+            rows = save_replay(c.storage, self.run_dir / "checkpoints" / REPLAY_FILE)
+            log.info("saved %d replay rows to checkpoints/%s", rows, REPLAY_FILE)
         summary = {
             "env_id": self.spec.env_id, "env_steps": steps, "updates": updates,
-            "wall_seconds": wall, "env_steps_per_sec": steps / wall if wall > 0 else 0.0,
+            "wall_seconds": wall, "total_wall_seconds": self.previous_wall + wall,
+            "generation": self.generation, "env_steps_per_sec": steps / wall if wall > 0 else 0.0,
             "updates_per_sec": updates / wall if wall > 0 else 0.0,
             "best_eval_return": self.best_eval, "best_eval_env_steps": self.best_env_steps,
             "solved": solved, "exit_reason": self.exit_reason, "error": self.error,
@@ -420,6 +474,20 @@ class Run:
             log.error("run failed: %s", self.error)
             return EXIT_ERROR
         return EXIT_INTERRUPTED if self.exit_reason == "interrupted" else EXIT_OK
+
+
+def _describe_exit(exitcode: int) -> str:
+    if exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exited with code {exitcode}"
+
+
+def _previous_wall_seconds(summary_file: Path) -> float:
+    try:
+        summary = json.loads(summary_file.read_text())
+        return float(summary.get("total_wall_seconds", summary.get("wall_seconds", 0.0)))
+    except (OSError, ValueError, TypeError):
+        return 0.0
 
 
 def flat_hparams(plain: dict[str, Any], prefix: str = "") -> dict[str, Any]:

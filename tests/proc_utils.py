@@ -1,0 +1,84 @@
+"""Process-tree helpers for tests: find an asyncql run's children and prove they are gone.
+
+Reads /proc directly (Linux), so tests need nothing beyond the project's dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+
+def _status(pid: int) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return fields
+
+
+def alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    state = _status(pid).get("State", "")
+    return bool(state) and not state.startswith("Z")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every live descendant of `root`: pid -> command line (process title)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            ppid = _status(int(entry)).get("PPid")
+            if ppid is not None:
+                parents[int(entry)] = int(ppid)
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found and alive(pid):
+                found[pid] = cmdline(pid)
+                frontier.append(pid)
+    return found
+
+
+def roles(root: int) -> dict[str, int]:
+    """asyncql role -> pid among `root`'s descendants (from the `asyncql:<role>` titles)."""
+    out: dict[str, int] = {}
+    for pid, title in descendants(root).items():
+        if title.startswith("asyncql:"):
+            out[title.split()[0].removeprefix("asyncql:")] = pid
+    return out
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def start_train(args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """`asyncql train ARGS` as a child of the test, output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "asyncql_cli.cli", "train", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,159 @@
+"""Faults provoked from outside a real multi-process run: signals, killed children,
+exceptions inside envs, NaN losses, a killed main process.
+
+Every test asserts the exit code, what the run directory holds afterwards, and that no
+asyncql process is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from proc_utils import alive, descendants, roles, start_train, wait_for
+
+pytestmark = pytest.mark.slow
+
+TESTS_DIR = Path(__file__).resolve().parent
+FAST = ["parallelism.num_actors=2", "parallelism.envs_per_actor=4", "train.progress=plain",
+        "eval.interval_seconds=2", "checkpoint.interval_seconds=2"]
+ALL_ROLES = {"actor-0", "actor-1", "learner-0"}
+
+
+def _start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+    run_dir = tmp_path / "run"
+    proc = start_train([*FAST, *args, f"hydra.run.dir={run_dir}"], tmp_path,
+                       env={"PYTHONPATH": str(TESTS_DIR), **(env or {})})
+    return proc, run_dir
+
+
+def _wait_training(proc: subprocess.Popen, run_dir: Path) -> dict[str, int]:
+    """Wait until all roles run and the learner has written a checkpoint."""
+    found: dict[str, int] = {}
+
+    def ready() -> bool:
+        found.update(roles(proc.pid))
+        return ALL_ROLES <= set(found) and (run_dir / "checkpoints" / "last.pt").exists()
+
+    assert wait_for(ready, timeout=60), proc.communicate(timeout=30)[0][-3000:]
+    return dict(found)
+
+
+def _assert_all_gone(pids: list[int], timeout: float = 5.0) -> None:
+    assert wait_for(lambda: not any(alive(pid) for pid in pids), timeout), [
+        pid for pid in pids if alive(pid)
+    ]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_with_exit_130_and_a_last_checkpoint(tmp_path: Path, signum: int) -> None:
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=10000000")
+    pids = _wait_training(proc, run_dir)
+    os.kill(proc.pid, signum)
+    sent = time.monotonic()
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == 130, output[-3000:]
+    _assert_all_gone(list(pids.values()))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "interrupted"
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert last["env_steps"] > 0 and last["updates"] > 0
+    assert "Traceback" not in output
+
+
+def test_second_ctrl_c_forces_a_fast_exit_without_orphans(tmp_path: Path) -> None:
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=10000000")
+    pids = _wait_training(proc, run_dir)
+    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    _assert_all_gone(list(pids.values()))
+
+
+def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path: Path) -> None:
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=25000")
+    pids = _wait_training(proc, run_dir)
+    os.kill(pids["actor-1"], signal.SIGKILL)
+    killed = time.monotonic()
+    restarted = wait_for(lambda: roles(proc.pid).get("actor-1") not in (None, pids["actor-1"]), timeout=10)
+    detect_seconds = time.monotonic() - killed
+    output, _ = proc.communicate(timeout=180)
+    assert restarted, output[-3000:]
+    assert detect_seconds < 5  # detection within 2 s plus the respawn itself
+    assert proc.returncode == 0, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["actor_restarts"] == 1 and summary["exit_reason"] == "budget"
+    assert "actor-1 died" in (run_dir / "train.log").read_text()
+    _assert_all_gone(list(pids.values()))
+
+
+def test_exception_inside_an_env_is_reported_and_the_actor_restarted(tmp_path: Path) -> None:
+    flag = tmp_path / "crashed"
+    proc, run_dir = _start(
+        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=12000",
+        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
+    )
+    output, _ = proc.communicate(timeout=180)
+    assert flag.exists()
+    assert proc.returncode == 0, output[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "boom: the env exploded" in log
+    assert json.loads((run_dir / "summary.json").read_text())["actor_restarts"] == 1
+
+
+def test_actor_restart_budget_spent_stops_the_run_with_exit_1(tmp_path: Path) -> None:
+    flag = tmp_path / "crashed"
+    proc, run_dir = _start(
+        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=12000",
+        "parallelism.max_actor_restarts=0",
+        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
+    )
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "error" and "restart budget" in summary["error"]
+    assert descendants(proc.pid) == {}
+
+
+def test_killed_learner_stops_the_run_with_exit_1_and_keeps_last_checkpoint(tmp_path: Path) -> None:
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=10000000")
+    pids = _wait_training(proc, run_dir)
+    os.kill(pids["learner-0"], signal.SIGKILL)
+    killed = time.monotonic()
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - killed < 10
+    assert proc.returncode == 1, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "error" and "learner-0" in summary["error"]
+    assert "learner-0 crashed" in (run_dir / "train.log").read_text()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["updates"] > 0
+    _assert_all_gone(list(pids.values()))
+
+
+def test_nan_loss_stops_the_run_naming_the_update(tmp_path: Path) -> None:
+    proc, run_dir = _start(
+        tmp_path, "env=gym", "env.id=broken_envs:NaNReward-v0", "train.total_env_steps=10000000",
+        "train.learning_starts=500", env={"ASYNCQL_TEST_NAN_AFTER": "800"},
+    )
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "non-finite loss" in summary["error"] and "at update" in summary["error"]
+    assert descendants(proc.pid) == {}
+
+
+def test_children_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=10000000")
+    pids = _wait_training(proc, run_dir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    _assert_all_gone(list(pids.values()), timeout=5.0)
