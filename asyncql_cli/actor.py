@@ -56,6 +56,7 @@ class ActorSettings:
     replay_ratio: float
     learning_starts: int
     max_update_debt: Optional[int]
+    compute_priorities: bool = False
 
 
 def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
@@ -216,8 +217,18 @@ class Actor:
 
     def flush(self) -> None:
         if self.outbox:
-            self.storage.write(self.s.actor_id, rows_from(self.outbox))
+            rows = rows_from(self.outbox)
+            if self.s.compute_priorities:
+                rows["priority"] = self.initial_priority(rows)
+            self.storage.write(self.s.actor_id, rows)
             self.outbox = []
+
+    def initial_priority(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Ape-X: the actor's own |R + gamma^(n) max_a Q(s', a) - Q(s, a)| for new rows."""
+        with torch.no_grad():
+            q = self.q_net(rows["obs"]).gather(1, rows["action"].unsqueeze(1)).squeeze(1)
+            bootstrap = self.q_net(rows["next_obs"]).max(1).values
+            return (rows["reward"] + rows["discount"] * bootstrap - q).abs()
 
     def close(self) -> None:
         self.envs.close()

@@ -87,7 +87,7 @@ def _patch_hydra_error_reporting() -> None:
             # (or sweep) dir and write .hydra/ and the log file there.
             where = f": {exc.filename}" if exc.filename else ""
             fail(f"cannot create or write the run directory ({exc.strerror or exc}{where}); "
-                 "pass a writable hydra.run.dir=DIR")
+                 "pass a writable hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)")
         except Exception as exc:  # anything else: Hydra's own report (traceback), exit 1
             return original(_raiser(exc))
 

@@ -29,6 +29,7 @@ from asyncql_cli.checkpoint import save_checkpoint
 from asyncql_cli.losses import td_loss, update_target
 from asyncql_cli.networks import build_network
 from asyncql_cli.params import ParameterStore
+from asyncql_cli.priority import PrioritizedSampler
 from asyncql_cli.process import Counters
 from asyncql_cli.replay import ReplayStorage, UniformSampler
 
@@ -61,6 +62,12 @@ class LearnerSettings:
     checkpoint_dir: str
     checkpoint_interval_seconds: float
     checkpoint_meta: dict[str, Any]
+    prioritized: bool = False
+    alpha: float = 0.6
+    beta: float = 0.4
+    beta_final: float = 1.0
+    priority_eps: float = 1e-6
+    total_env_steps: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,7 +90,11 @@ class Learner:
         self.target_net.load_state_dict(self.q_net.state_dict())
         self.target_net.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=s.lr, eps=s.adam_eps)
-        self.sampler = UniformSampler(storage, seed=s.seed)
+        self.sampler: UniformSampler | PrioritizedSampler
+        if s.prioritized:
+            self.sampler = PrioritizedSampler(storage, s.seed, s.alpha, s.priority_eps)
+        else:
+            self.sampler = UniformSampler(storage, seed=s.seed)
         self.updates = 0
         self.skipped = 0
         self._sums = {"loss": 0.0, "q_mean": 0.0, "grad_norm": 0.0}
@@ -97,7 +108,8 @@ class Learner:
         self.updates = int(state["updates"])
         self.counters.learner_updates[0] = self.updates
         torch.set_rng_state(state["torch_rng"])
-        self.sampler.generator.set_state(state["sampler_rng"])
+        if isinstance(self.sampler, UniformSampler) and "sampler_rng" in state:
+            self.sampler.generator.set_state(state["sampler_rng"])
 
     def publish(self) -> None:
         self.params.publish(self.q_net, self.updates)
@@ -111,13 +123,18 @@ class Learner:
 
     def update(self) -> bool:
         """One gradient step; returns False if no batch could be drawn or it was skipped."""
-        batch = self.sampler.sample(self.s.batch_size)
+        if isinstance(self.sampler, PrioritizedSampler):
+            batch = self.sampler.sample(self.s.batch_size, self.beta())
+            sampled_logical = None if batch is None else self.sampler.logical_of(batch.index)
+        else:
+            batch = self.sampler.sample(self.s.batch_size)
         if batch is None:
             return False
         batch = batch.to(self.device)
         out = td_loss(
             self.q_net, self.target_net, batch.obs, batch.action, batch.reward,
             batch.next_obs, batch.discount, self.s.double, self.s.loss, self.s.huber_delta,
+            weight=batch.weight,
         )
         if not torch.isfinite(out.loss):
             if self.s.nonfinite == "stop":
@@ -132,6 +149,8 @@ class Learner:
         max_norm = self.s.max_grad_norm if self.s.max_grad_norm is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), max_norm)
         self.optimizer.step()
+        if isinstance(self.sampler, PrioritizedSampler):
+            self.sampler.update_priorities(batch.index, out.td_error, sampled_logical)
         self.updates += 1
         if self.updates % self.s.target_update == 0:
             update_target(self.q_net, self.target_net, self.s.target_tau)
@@ -140,6 +159,11 @@ class Learner:
         self.counters.learner_updates[0] = self.updates
         self._accumulate(out.loss.item(), out.q_mean.item(), float(grad_norm))
         return True
+
+    def beta(self) -> float:
+        """Importance-sampling exponent, annealed linearly to beta_final over the budget."""
+        progress = min(1.0, self.counters.total_env_steps() / self.s.total_env_steps)
+        return self.s.beta + (self.s.beta_final - self.s.beta) * progress
 
     def _accumulate(self, loss: float, q_mean: float, grad_norm: float) -> None:
         self._sums["loss"] += loss
@@ -166,7 +190,8 @@ class Learner:
             "updates": self.updates,
             "env_steps": self.counters.total_env_steps(),
             "torch_rng": torch.get_rng_state(),
-            "sampler_rng": self.sampler.generator.get_state(),
+            **({"sampler_rng": self.sampler.generator.get_state()}
+               if isinstance(self.sampler, UniformSampler) else {}),
         }
 
     def save_last(self) -> None:

@@ -76,6 +76,8 @@ class ReplayStorage:
         self.action = torch.full((size,), -1, dtype=torch.int64).share_memory_()
         self.reward = torch.full((size,), float("nan")).share_memory_()
         self.discount = torch.full((size,), float("nan")).share_memory_()
+        # initial |TD error| per row, computed by the writing actor (read by prioritized samplers)
+        self.priority = torch.ones(size).share_memory_()
         self.cursors = torch.zeros(num_segments, dtype=torch.int64).share_memory_()
 
     @property
@@ -97,6 +99,8 @@ class ReplayStorage:
             )
             for name in FIELDS:
                 getattr(self, name).index_copy_(0, slots, rows[name][begin:end])
+            if "priority" in rows:
+                self.priority.index_copy_(0, slots, rows["priority"][begin:end])
             self.cursors[segment] = start + end - begin  # commit after the data is in place
 
     def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,5 +145,10 @@ class UniformSampler:
             # A row is safe if no write begun by now (up to cursor + write_batch) reaches it.
             overwritten = logical[pending] < after[segment[pending]] + storage.write_batch - storage.segment_size
             pending = pending[overwritten]
+            # Redraw from the current window: a writer that moved on by more than the window
+            # has overwritten every row of the old one, and redrawing there would never end.
+            cursors = after
+            window = self._window(cursors)
+            total = int(window.sum())
         index = segment * storage.segment_size + logical % storage.segment_size
         return Batch(**rows, index=index)

@@ -52,6 +52,7 @@ from asyncql_cli.params import ParameterStore
 from asyncql_cli.process import Counters
 from asyncql_cli.replay import ReplayStorage, replay_bytes
 from asyncql_cli.reporting import Reporter
+from asyncql_cli.video import record_to_run
 
 log = logging.getLogger("asyncql")
 
@@ -82,6 +83,7 @@ def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int,
         seed=plain["seed"] * 10_000 + generation * 1_000 + actor_id * p["envs_per_actor"],
         replay_ratio=a["replay_ratio"], learning_starts=plain["train"]["learning_starts"],
         max_update_debt=plain["actor"]["max_update_debt"],
+        compute_priorities=plain["buffer"]["name"] == "prioritized",
     )
 
 
@@ -107,6 +109,9 @@ def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path,
         checkpoint_dir=str(run_dir / "checkpoints"),
         checkpoint_interval_seconds=plain["checkpoint"]["interval_seconds"],
         checkpoint_meta=checkpoint_meta(plain, spec, generation),
+        prioritized=plain["buffer"]["name"] == "prioritized", alpha=plain["buffer"]["alpha"],
+        beta=plain["buffer"]["beta"], beta_final=plain["buffer"]["beta_final"],
+        priority_eps=plain["buffer"]["priority_eps"], total_env_steps=plain["train"]["total_env_steps"],
     )
 
 
@@ -307,6 +312,27 @@ class Run:
                  steps, updates, mean, ev["episodes"])
         return mean
 
+    def _record_video(self, c: Components, steps: int, best: bool = False) -> None:
+        """eval.video: greedy episodes of the published weights as videos/step_<steps>.mp4, or
+        at the end of the best weights as videos/best_step_<N>.mp4 (N: best.pt's env steps),
+        and the clip as eval/video in the run's writer. A failure is logged, not fatal."""
+        net, name = self.eval_net, f"step_{steps}"
+        try:
+            best_file = self.run_dir / "checkpoints" / "best.pt"
+            if best and best_file.is_file():
+                state = load_checkpoint(best_file)
+                net = build_network(self.plain["network"], self.spec.obs_shape, self.spec.num_actions)
+                net.load_state_dict(state["q_net"])
+                name = f"best_step_{state.get('env_steps')}"
+            elif c.params.read_into(self.eval_net) is None:
+                return  # no weights published yet
+            result = record_to_run(net, self.plain, self.run_dir / "videos" / f"{name}.mp4", steps,
+                                   self.reporter.writer)
+            log.info("video of %d greedy episodes (returns %s) written to %s", len(result.returns),
+                     ", ".join(f"{r:.1f}" for r in result.returns), result.path)
+        except Exception as exc:
+            log.warning("eval.video: no video at %d env steps (%s: %s)", steps, type(exc).__name__, exc)
+
     # -- main loop -------------------------------------------------------------------
     def execute(self) -> int:
         plain = self.plain
@@ -397,7 +423,7 @@ class Run:
 
     def _loop(self, c: Components, start: float, step: Any) -> None:
         t, ev = self.plain["train"], self.plain["eval"]
-        last_log = last_eval = time.monotonic()
+        last_log = last_eval = last_video = time.monotonic()
         last_steps, last_updates = c.counters.total_env_steps(), c.counters.updates()
         while True:
             step()
@@ -414,6 +440,9 @@ class Run:
                 if mean is not None and t["stop_at_return"] is not None and mean >= t["stop_at_return"]:
                     self.exit_reason = "solved"
                     return
+            if ev["video"] and ev["video_interval_seconds"] and now - last_video >= ev["video_interval_seconds"]:
+                self._record_video(c, steps)
+                last_video = time.monotonic()
             if self.interrupts:
                 self.exit_reason = "interrupted"
                 return
@@ -449,6 +478,8 @@ class Run:
         steps, updates = c.counters.total_env_steps(), c.counters.updates()
         if self.error is None and self.interrupts < 2 and self.exit_reason != "interrupted":
             self._evaluate(c, steps)  # the final weights may beat the last timed evaluation
+            if self.plain["eval"]["video"]:
+                self._record_video(c, steps, best=True)
         solved_return = self.plain["env"]["solved_return"]
         solved = bool(self.best_eval is not None and solved_return is not None
                       and self.best_eval >= solved_return)

@@ -1,0 +1,142 @@
+"""Bad input through the real `asyncql` CLI (a subprocess per case, cwd = tmp_path).
+
+Contract (DESIGN.md, exit codes): bad input exits 2 with exactly one line on stderr,
+`asyncql: error: ...`, naming what is wrong, and no traceback anywhere. Every case must
+fail before training starts (no checkpoints, no summary.json; `run_cli`'s timeout would
+catch a run that trains) and leave no process behind (`run_cli` checks the child's whole
+process group after it exits).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import bad_input_line, config_groups, has_gpu, run_cli
+
+BAD_INPUT_TIMEOUT = 30.0  # generous on a loaded 2-core box; a bad input takes a few seconds
+
+
+def _assert_no_training(root: Path) -> None:
+    started = [p for pattern in ("checkpoints", "summary.json", "events.out.tfevents.*")
+               for p in root.rglob(pattern)]
+    assert not started, f"training started: {started}"
+
+
+# (test id, CLI args after `asyncql`, substrings the error line must contain)
+# `{run}` in an arg is replaced by the test's run dir.
+TRAIN_CASES = [
+    ("unknown-env-id", ["env=gym", "env.id=NoSuchEnv-v0"], ["env.id", "NoSuchEnv-v0"]),
+    ("continuous-actions", ["env=gym", "env.id=Pendulum-v1"],
+     ["Pendulum-v1", "Box action space", "needs a Discrete action space"]),
+    ("discrete-observations", ["env=gym", "env.id=FrozenLake-v1"],
+     ["FrozenLake-v1", "Discrete observation space"]),
+    ("gym-env-without-id", ["env=gym"], ["env.id", "required"]),
+    ("unknown-key", ["algo.nope=1"], ["algo.nope"]),
+    ("wrong-type", ["algo.lr=abc"], ["algo.lr", "abc"]),
+    ("gamma-above-1", ["algo.gamma=1.5"], ["algo.gamma=1.5"]),
+    ("zero-capacity", ["buffer.capacity=0"], ["buffer.capacity=0"]),
+    ("negative-actors", ["parallelism.num_actors=-1"], ["parallelism.num_actors=-1"]),
+    ("batch-above-capacity",
+     ["algo.batch_size=1000", "buffer.capacity=600", "parallelism.num_actors=1"],
+     ["algo.batch_size=1000", "buffer.capacity=600"]),
+    ("unknown-loss", ["algo.loss=foo"], ["algo.loss", "foo"]),
+    ("unknown-group-option", ["env=NoSuch"], ["env/NoSuch"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES]
+)
+def test_train_bad_input(tmp_path: Path, args: list[str], expected: list[str]) -> None:
+    rc, out, err = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}",
+                           cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert "Traceback" not in out + err, err
+    line = bad_input_line(err)
+    for text in expected:
+        assert text in line, f"{text!r} not in {line!r}"
+    assert rc == 2, (rc, err)
+    _assert_no_training(tmp_path)
+
+
+def test_cuda_learner_without_gpu(tmp_path: Path) -> None:
+    if has_gpu():
+        pytest.skip("a CUDA GPU is present")
+    rc, out, err = run_cli("train", "parallelism.learner_device=cuda", f"hydra.run.dir={tmp_path / 'run'}",
+                           cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert "Traceback" not in out + err
+    line = bad_input_line(err)
+    assert "parallelism.learner_device" in line and "no CUDA GPU" in line, line
+    assert rc == 2
+    _assert_no_training(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["proc", "under-a-file"])
+def test_unwritable_run_dir(tmp_path: Path, where: str) -> None:
+    if where == "proc":  # nothing can be created in /proc, even by root
+        run_dir = Path("/proc/asyncql_forbidden")
+    else:  # a regular file where a parent directory should be (a read-only dir does not stop root)
+        (tmp_path / "a_file").write_text("not a directory\n")
+        run_dir = tmp_path / "a_file" / "run"
+    rc, out, err = run_cli("train", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert "Traceback" not in out + err, err
+    line = bad_input_line(err)
+    assert "run directory" in line and "hydra.run.dir" in line, line
+    assert rc == 2
+    _assert_no_training(tmp_path)
+
+
+def test_unknown_verb(tmp_path: Path) -> None:
+    rc, out, err = run_cli("frobnicate", cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert "Traceback" not in out + err
+    line = bad_input_line(err)
+    assert "frobnicate" in line and "train" in line, line
+    assert rc == 2
+
+
+def test_eval_missing_run_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_run"
+    rc, out, err = run_cli("eval", f"run_dir={missing}", cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert "Traceback" not in out + err
+    line = bad_input_line(err)
+    assert "no_such_run" in line and "does not exist" in line, line
+    assert rc == 2
+    assert not missing.exists()
+
+
+def test_eval_dir_without_hydra_config(tmp_path: Path) -> None:
+    run_dir = tmp_path / "not_a_run"
+    run_dir.mkdir()
+    rc, out, err = run_cli("eval", str(run_dir), cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert "Traceback" not in out + err
+    line = bad_input_line(err)
+    assert "not_a_run" in line and ".hydra" in line, line
+    assert rc == 2
+    assert not (run_dir / "eval.json").exists()
+
+
+def test_train_help_lists_the_groups(tmp_path: Path) -> None:
+    rc, out, err = run_cli("train", "--help", cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert rc == 0, err
+    assert "Traceback" not in out + err
+    groups_section = out.split("== Config groups", 1)[1].split("== Config ==", 1)[0]
+    listed = dict(line.split(":", 1) for line in groups_section.splitlines() if ":" in line)
+    for group, options in config_groups().items():
+        assert group in listed, f"group {group} missing from --help:\n{groups_section}"
+        shown = {o.strip() for o in listed[group].split(",")}
+        assert set(options) <= shown, (group, options, shown)
+    assert {"env", "network", "buffer", "parallelism"} <= set(listed)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_cfg_job_prints_config_without_training(tmp_path: Path) -> None:
+    rc, out, err = run_cli("train", "--cfg", "job", "env=gym", "env.id=Acrobot-v1", "algo.lr=0.0003",
+                           cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    assert rc == 0, err
+    assert "Traceback" not in out + err
+    lines = out.splitlines()
+    assert "env:" in lines and "algo:" in lines, out
+    assert "  id: Acrobot-v1" in lines and "  lr: 0.0003" in lines, out
+    assert "hydra:" not in lines  # --cfg job: the job's config only
+    assert not (tmp_path / "runs").exists()
+    _assert_no_training(tmp_path)

@@ -1,0 +1,120 @@
+"""Run lifecycle: stop and resume in the same run dir, and safe checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from proc_utils import start_train, wait_for
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from asyncql_cli.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from asyncql_cli.config import BadInput
+
+FAST = ["parallelism.num_actors=2", "parallelism.envs_per_actor=4", "train.progress=plain",
+        "eval.interval_seconds=2", "checkpoint.interval_seconds=2"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asyncql_cli.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_in_place_and_continues_its_curves(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start_train([*FAST, "train.total_env_steps=24000", "checkpoint.save_replay=true",
+                        f"hydra.run.dir={run_dir}"], tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    assert wait_for(lambda: last.exists() and (run_dir / "checkpoints" / "best.pt").exists(), 90)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    stopped = torch.load(last, weights_only=True)
+    assert 0 < stopped["env_steps"] < 24000
+
+    resumed = _cli("train", f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["generation"] == 1 and summary["exit_reason"] == "budget"
+    assert 24000 <= summary["env_steps"] < 24000 + 2000  # counts from the original start
+    assert summary["env_steps"] - stopped["env_steps"] < 24000  # did not start over
+    final = torch.load(last, weights_only=True)
+    assert final["updates"] > stopped["updates"] and final["generation"] == 1
+    log = (run_dir / "train.log").read_text()
+    assert f"resuming at {stopped['env_steps']} env steps" in log
+    assert "replay rows restored" in log and ", 0 replay rows restored" not in log
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    for tag in ("train/episode_return", "learner/loss", "perf/env_steps_per_sec"):
+        steps = [event.step for event in events.Scalars(tag)]
+        assert steps == sorted(steps), tag  # no overlapping or repeated stretches
+        assert max(steps) >= 23000 and min(steps) < stopped["env_steps"], tag
+
+
+def test_resume_of_a_missing_run_dir_is_one_clear_line(tmp_path: Path) -> None:
+    result = _cli("train", f"resume={tmp_path / 'nope'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no such run directory" in result.stderr
+
+
+class _Exploit:
+    def __reduce__(self):  # runs on unpickling: would create the marker file
+        return (os.system, (f"touch {os.environ['ASYNCQL_MARKER']}",))
+
+
+def test_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("ASYNCQL_MARKER", str(marker))
+    hostile = tmp_path / "best.pt"
+    with hostile.open("wb") as handle:
+        torch.save({"format": "asyncql-checkpoint-v1", "q_net": _Exploit()}, handle)
+    with pytest.raises(BadInput, match="refused"):
+        load_checkpoint(hostile)
+    assert not marker.exists()
+    plain_pickle = tmp_path / "plain.pt"
+    plain_pickle.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(BadInput):
+        load_checkpoint(plain_pickle)
+    assert not marker.exists()
+
+
+def test_foreign_and_broken_checkpoints_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "x.pt"
+    save_checkpoint(path, {"env_id": "Acrobot-v1", "obs_shape": [6], "num_actions": 3,
+                           "network": {"hidden": [64], "dueling": False}})
+    state = load_checkpoint(path)
+    with pytest.raises(BadInput, match="env id 'Acrobot-v1'"):
+        check_compatible(state, path, "CartPole-v1", (4,), 2, {"hidden": [64], "dueling": False})
+    with pytest.raises(BadInput, match="network.hidden"):
+        check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [256], "dueling": False})
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(BadInput, match="not an asyncql checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "truncated.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BadInput, match="not a readable"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    with pytest.raises(BadInput, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"updates": 1})
+
+    class Boom:
+        def __reduce__(self):
+            raise KeyboardInterrupt  # the writer dies in the middle of serialising
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"updates": 2, "bad": Boom()})
+    assert load_checkpoint(path)["updates"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
