@@ -55,6 +55,7 @@ class ParallelismConfig:
     torch_threads: int = 1
     max_actor_restarts: int = 3
     join_timeout_seconds: float = 5.0
+    heartbeat_timeout_seconds: float = 60.0
 
 
 @dataclass
@@ -78,6 +79,8 @@ class AlgoConfig:
     max_grad_norm: Optional[float] = 10.0
     adam_eps: float = 1e-8
     replay_ratio: float = 0.25
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
     publish_interval: int = 4
     nonfinite: str = "stop"
 
@@ -108,6 +111,9 @@ class EvalConfig:
     episodes: int = 10
     seed: int = 1_000_000
     video: bool = False
+    video_episodes: int = 1
+    video_interval_seconds: Optional[float] = None
+    video_fps: Optional[float] = None
     max_episode_steps: Optional[int] = None
 
 
@@ -144,6 +150,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "parallelism.name": ("local", "serial"),
     "algo.loss": ("huber", "mse"),
     "algo.nonfinite": ("stop", "skip"),
+    "algo.lr_schedule": ("constant", "linear"),
     "exploration.schedule": ("apex", "linear"),
     "train.progress": ("auto", "rich", "plain", "none"),
 }
@@ -154,11 +161,12 @@ POSITIVE = (
     "actor.weight_sync_steps", "algo.lr", "algo.n_step", "algo.batch_size",
     "algo.huber_delta", "algo.target_update", "algo.adam_eps", "algo.replay_ratio",
     "algo.publish_interval", "exploration.linear_steps", "train.total_env_steps",
-    "train.log_interval_seconds", "eval.interval_seconds", "eval.episodes",
-    "checkpoint.interval_seconds", "parallelism.join_timeout_seconds", "buffer.priority_eps",
+    "train.log_interval_seconds", "eval.interval_seconds", "eval.episodes", "eval.video_episodes",
+    "checkpoint.interval_seconds", "parallelism.join_timeout_seconds",
+    "parallelism.heartbeat_timeout_seconds", "buffer.priority_eps",
 )
 NON_NEGATIVE = (
-    "parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed",
+    "algo.lr_final", "parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed",
     "eval.seed", "exploration.apex_alpha",
 )
 UNIT_INTERVAL = (
@@ -167,7 +175,7 @@ UNIT_INTERVAL = (
 )
 OPTIONAL_POSITIVE = (
     "train.max_seconds", "algo.max_grad_norm", "actor.max_update_debt",
-    "env.max_episode_steps", "eval.max_episode_steps",
+    "env.max_episode_steps", "eval.max_episode_steps", "eval.video_interval_seconds", "eval.video_fps",
 )
 
 

@@ -68,6 +68,8 @@ class LearnerSettings:
     beta_final: float = 1.0
     priority_eps: float = 1e-6
     total_env_steps: int = 1
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,6 +146,9 @@ class Learner:
                 )
             self.skipped += 1
             return False
+        if self.s.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         max_norm = self.s.max_grad_norm if self.s.max_grad_norm is not None else math.inf
@@ -160,10 +165,18 @@ class Learner:
         self._accumulate(out.loss.item(), out.q_mean.item(), float(grad_norm))
         return True
 
+    def progress(self) -> float:
+        """Fraction of the env-step budget used (drives the beta and lr schedules)."""
+        return min(1.0, self.counters.total_env_steps() / self.s.total_env_steps)
+
+    def learning_rate(self) -> float:
+        if self.s.lr_schedule == "linear":
+            return self.s.lr + (self.s.lr_final - self.s.lr) * self.progress()
+        return self.s.lr
+
     def beta(self) -> float:
         """Importance-sampling exponent, annealed linearly to beta_final over the budget."""
-        progress = min(1.0, self.counters.total_env_steps() / self.s.total_env_steps)
-        return self.s.beta + (self.s.beta_final - self.s.beta) * progress
+        return self.s.beta + (self.s.beta_final - self.s.beta) * self.progress()
 
     def _accumulate(self, loss: float, q_mean: float, grad_norm: float) -> None:
         self._sums["loss"] += loss

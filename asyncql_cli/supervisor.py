@@ -112,6 +112,7 @@ def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path,
         prioritized=plain["buffer"]["name"] == "prioritized", alpha=plain["buffer"]["alpha"],
         beta=plain["buffer"]["beta"], beta_final=plain["buffer"]["beta_final"],
         priority_eps=plain["buffer"]["priority_eps"], total_env_steps=plain["train"]["total_env_steps"],
+        lr_schedule=a["lr_schedule"], lr_final=a["lr_final"],
     )
 
 
@@ -195,6 +196,8 @@ class Run:
         self.exit_reason = "budget"
         self.best_eval: Optional[float] = None
         self.best_env_steps: Optional[int] = None
+        self.best_wall_seconds: Optional[float] = None  # wall clock of this run to its best eval
+        self.solved_at: Optional[tuple[int, float]] = None  # (env steps, wall s) of the first solved eval
         self.generation = 0
         self.previous_wall = 0.0
 
@@ -210,6 +213,7 @@ class Run:
     def _spawn_actor(self, c: Components, actor_id: int) -> None:
         settings = build_actor_settings(self.plain, self.spec, actor_id, self.generation)
         start = int(c.counters.env_steps[actor_id])
+        c.counters.heartbeat[actor_id] = 0.0  # not watched until the new process beats
         proc = c.ctx.Process(
             target=actor_main, name=f"asyncql:actor-{actor_id}", daemon=True,
             args=(settings, c.storage, c.params, c.counters, c.stats, c.stop, os.getpid(),
@@ -229,7 +233,21 @@ class Run:
         c.processes["learner-0"] = proc
         log.info("learner-0 started (pid %d, device %s)", proc.pid, self.learner_settings.device)
 
+    def _kill_hung(self, c: Components) -> None:
+        """A child whose heartbeat stopped (an env stuck in step(), a deadlock) is killed;
+        the exit check below then restarts it or stops the run."""
+        timeout = self.plain["parallelism"]["heartbeat_timeout_seconds"]
+        now = time.time()
+        for role, proc in c.processes.items():
+            slot = -1 if role.startswith("learner") else int(role.split("-")[1])
+            beat = float(c.counters.heartbeat[slot])
+            if proc.exitcode is None and beat > 0 and now - beat > timeout:
+                self.child_errors[role] = f"no heartbeat for {now - beat:.0f} s (hung); killed"
+                proc.kill()
+                proc.join(timeout=2.0)
+
     def _check_children(self, c: Components) -> None:
+        self._kill_hung(c)
         for role, proc in list(c.processes.items()):
             if proc.exitcode is None:
                 continue
@@ -299,9 +317,14 @@ class Run:
         mean = result.mean
         self.reporter.scalar("eval/mean_return", mean, steps)
         self.reporter.eval_return = mean
+        wall = time.monotonic() - self.reporter.start
+        solved_return = env["solved_return"]
+        if self.solved_at is None and solved_return is not None and mean >= solved_return:
+            self.solved_at = (steps, wall)
         if self.best_eval is None or mean > self.best_eval:
             self.best_eval = mean
             self.best_env_steps = steps
+            self.best_wall_seconds = wall
             self.reporter.best_eval = mean
             state = {**checkpoint_meta(self.plain, self.spec),
                      "q_net": {k: v.clone() for k, v in self.eval_net.state_dict().items()},
@@ -492,12 +515,18 @@ class Run:
             "generation": self.generation, "env_steps_per_sec": steps / wall if wall > 0 else 0.0,
             "updates_per_sec": updates / wall if wall > 0 else 0.0,
             "best_eval_return": self.best_eval, "best_eval_env_steps": self.best_env_steps,
+            "best_eval_wall_seconds": self.best_wall_seconds,
+            "solved_env_steps": self.solved_at[0] if self.solved_at else None,
+            "solved_wall_seconds": self.solved_at[1] if self.solved_at else None,
             "solved": solved, "exit_reason": self.exit_reason, "error": self.error,
             "actor_restarts": c.restarts, "run_dir": str(self.run_dir),
         }
         write_json(self.run_dir / "summary.json", summary)
         metrics = {"hparams/best_eval_return": self.best_eval if self.best_eval is not None else float("nan"),
-                   "hparams/env_steps_per_sec": summary["env_steps_per_sec"]}
+                   "hparams/env_steps_per_sec": summary["env_steps_per_sec"],
+                   # time to solve (NaN when not solved): the first greedy eval >= env.solved_return
+                   "hparams/solved_wall_seconds": self.solved_at[1] if self.solved_at else float("nan"),
+                   "hparams/solved_env_steps": self.solved_at[0] if self.solved_at else float("nan")}
         self.reporter.write_hparams(flat_hparams(self.plain), metrics, steps)
         self.reporter.close()
         self.reporter.final_table(summary)

@@ -42,6 +42,8 @@ TRAIN_CASES = [
      ["algo.batch_size=1000", "buffer.capacity=600"]),
     ("unknown-loss", ["algo.loss=foo"], ["algo.loss", "foo"]),
     ("unknown-group-option", ["env=NoSuch"], ["env/NoSuch"]),
+    ("replay-larger-than-memory", ["buffer.capacity=2000000000", "train.learning_starts=1000"],
+     ["buffer.capacity", "MiB"]),
 ]
 
 

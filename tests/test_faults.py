@@ -49,6 +49,9 @@ def _assert_all_gone(pids: list[int], timeout: float = 5.0) -> None:
     assert wait_for(lambda: not any(alive(pid) for pid in pids), timeout), [
         pid for pid in pids if alive(pid)
     ]
+    # no shared-memory segment named after any of the run's processes is left behind
+    leftovers = [name for name in os.listdir("/dev/shm") if any(f"_{pid}_" in name for pid in pids)]
+    assert leftovers == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -60,7 +63,7 @@ def test_signal_stops_cleanly_with_exit_130_and_a_last_checkpoint(tmp_path: Path
     output, _ = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 10
     assert proc.returncode == 130, output[-3000:]
-    _assert_all_gone(list(pids.values()))
+    _assert_all_gone([*pids.values(), proc.pid])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["exit_reason"] == "interrupted"
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -106,6 +109,20 @@ def test_exception_inside_an_env_is_reported_and_the_actor_restarted(tmp_path: P
     assert proc.returncode == 0, output[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "boom: the env exploded" in log
+    assert json.loads((run_dir / "summary.json").read_text())["actor_restarts"] == 1
+
+
+def test_hung_actor_is_killed_and_restarted(tmp_path: Path) -> None:
+    flag = tmp_path / "hung"
+    proc, run_dir = _start(
+        tmp_path, "env=gym", "env.id=broken_envs:HangOnce-v0", "train.total_env_steps=12000",
+        "parallelism.heartbeat_timeout_seconds=3",
+        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
+    )
+    output, _ = proc.communicate(timeout=180)
+    assert flag.exists()
+    assert proc.returncode == 0, output[-3000:]
+    assert "(hung); killed" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "summary.json").read_text())["actor_restarts"] == 1
 
 
@@ -156,4 +173,4 @@ def test_children_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
     pids = _wait_training(proc, run_dir)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=10)
-    _assert_all_gone(list(pids.values()), timeout=5.0)
+    _assert_all_gone([*pids.values(), proc.pid], timeout=5.0)
