@@ -2,6 +2,9 @@
 
     asyncql eval run_dir=DIR [checkpoint=best|last|PATH] [eval.episodes=N] [eval.seed=S]
     asyncql eval DIR                      (positional shorthand for run_dir=DIR)
+    asyncql eval DIR eval.video=true [eval.video_episodes=N]
+        also writes DIR/videos/eval_<best|last>.mp4 (eval_<name>.mp4 beside a PATH checkpoint)
+        and the clip as eval/video in DIR's TensorBoard events
 
 The run's own composed config (`DIR/.hydra/config.yaml`) says which env and network to
 build; the checkpoint must match it. Results use the same evaluator as training, so the
@@ -24,7 +27,7 @@ from asyncql_cli.evaluate import evaluate
 from asyncql_cli.networks import build_network
 
 DEFAULT_EPISODES = 100
-KEYS = ("run_dir", "checkpoint", "eval.episodes", "eval.seed", "eval.video")
+KEYS = ("run_dir", "checkpoint", "eval.episodes", "eval.seed", "eval.video", "eval.video_episodes")
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -57,6 +60,26 @@ def _int_option(options: dict[str, str], key: str, default: int, minimum: int) -
     return value
 
 
+def eval_video(net: Any, plain: dict[str, Any], run_dir: Path, path: Path, which: str,
+               episodes: int, seed: int, step: int) -> Path:
+    """eval.video=true: the mp4 and the clip as eval/video in the run's TensorBoard events.
+    Training has ended, so a second SummaryWriter on the run dir is safe here."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from asyncql_cli.video import VideoError, record_to_run
+
+    name = f"eval_{which}.mp4" if which in ("best", "last") else f"eval_{path.stem}.mp4"
+    out = run_dir / "videos" / name if which in ("best", "last") else path.parent / name
+    writer = SummaryWriter(str(run_dir))
+    try:
+        record_to_run(net, plain, out, step, writer, episodes, seed)
+    except VideoError as exc:
+        raise BadInput(f"eval.video=true: {exc}") from None
+    finally:
+        writer.close()
+    return out
+
+
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     if which in ("best", "last"):
         return run_dir / "checkpoints" / f"{which}.pt"
@@ -71,8 +94,9 @@ def run_eval(argv: list[str]) -> None:
         raise BadInput(f"run_dir {run_dir} does not exist")
     if not config_file.is_file():
         raise BadInput(f"run_dir {run_dir} has no .hydra/config.yaml; is it a directory made by asyncql train?")
-    if options.get("eval.video", "false").lower() in ("true", "1", "yes"):
-        raise BadInput("eval.video=true is not implemented yet")
+    video = options.get("eval.video", "false").lower()
+    if video not in ("true", "false", "1", "0", "yes", "no"):
+        raise BadInput(f"eval.video={options['eval.video']!r}: expected true or false")
     plain: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)  # type: ignore[assignment]
     which = options.get("checkpoint", "best")
     path = resolve_checkpoint(run_dir, which)
@@ -81,6 +105,7 @@ def run_eval(argv: list[str]) -> None:
     check_compatible(state, path, env["id"], tuple(state["obs_shape"]), state["num_actions"], plain["network"])
     episodes = _int_option(options, "eval.episodes", DEFAULT_EPISODES, 1)
     seed = _int_option(options, "eval.seed", int(plain["eval"]["seed"]), 0)
+    video_episodes = _int_option(options, "eval.video_episodes", int(plain["eval"].get("video_episodes") or 1), 1)
     net = build_network(plain["network"], state["obs_shape"], state["num_actions"])
     net.load_state_dict(state["q_net"])
     net.eval()
@@ -93,6 +118,9 @@ def run_eval(argv: list[str]) -> None:
         "solved_return": env.get("solved_return"), "wall_seconds": time.monotonic() - started,
     }
     out = run_dir / "eval.json" if which in ("best", "last") else path.parent / "eval.json"
+    if video in ("true", "1", "yes"):
+        report["video"] = str(eval_video(net, plain, run_dir, path, which, video_episodes, seed,
+                                         int(state.get("env_steps") or 0)))
     write_json(out, report)
     table = Table(title=f"asyncql eval: {env['id']} ({path.name})", show_header=False)
     for key in ("mean_return", "std_return", "min_return", "max_return", "mean_length",
@@ -100,4 +128,6 @@ def run_eval(argv: list[str]) -> None:
         value = report[key]
         table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
     table.add_row("written", str(out))
+    if "video" in report:
+        table.add_row("video", report["video"])
     Console().print(table)
