@@ -57,11 +57,16 @@ def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("pid"):
-        OmegaConf.register_new_resolver("pid", lambda: os.getpid())
+        # cached: a sweep's jobs in joblib workers resolve the same hydra.sweep.dir
+        OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True)
     if not OmegaConf.has_resolver("sanitize"):
         OmegaConf.register_new_resolver(
             "sanitize", lambda value: str(value).replace("/", "_").replace(":", "_")
         )
+    if not OmegaConf.has_resolver("job_dirname"):  # hydra.sweep.subdir
+        from asyncql_cli.sweep import job_dirname
+
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
 
 
 def _patch_hydra_error_reporting() -> None:
@@ -104,18 +109,29 @@ def _raiser(error: BaseException) -> Callable[[], Any]:
 _task_started = False  # set once Hydra has made the run dir and calls the task
 
 
-def _train_task(cfg: Any) -> Optional[int]:
+def _train_task(cfg: Any) -> Any:
+    """One run. In a sweep (MULTIRUN) a failure never raises (Hydra 1.3 would abort the
+    sweep): the job gets a summary.json with its error and returns its exit code, or the
+    objective for the Optuna sweeper (asyncql_cli.sweep.job_result)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from asyncql_cli import sweep
     from asyncql_cli.config import validate
 
     global _task_started
     _task_started = True
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     log = logging.getLogger("asyncql")
+    if multirun:
+        sweep.prepare_worker()  # a joblib worker's children must be spawned, not "loky"
+    if multirun and sweep.sweep_interrupted():
+        log.warning("the sweep was interrupted: skipping this job")
+        sweep.record_failure(run_dir, cfg, "skipped", "the sweep was interrupted before this job")
+        return sweep.job_result(hydra_cfg, run_dir, 130)
     log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         validate(cfg)  # before importing torch and the supervisor: config errors fail fast
@@ -125,12 +141,18 @@ def _train_task(cfg: Any) -> Optional[int]:
     except BadInput as exc:
         # Exit here: a BadInput returned to Hydra would add its own "Error executing job" line.
         log.error("bad input: %s", exc)  # also in train.log
-        fail(str(exc))
-    except Exception:
+        if not multirun:
+            fail(str(exc))
+        sweep.record_failure(run_dir, cfg, "bad_input", str(exc))
+        code = EXIT_BAD_INPUT
+    except Exception as exc:
         logging.getLogger("asyncql").exception("run failed")  # the cause lands in train.log
-        raise
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return code
+        if not multirun:
+            raise
+        sweep.record_failure(run_dir, cfg, "error", f"{type(exc).__name__}: {_one_line(exc)}")
+        code = 1
+    if multirun:
+        return sweep.job_result(hydra_cfg, run_dir, code)
     raise SystemExit(code)
 
 
