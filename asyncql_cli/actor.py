@@ -34,6 +34,8 @@ class ExplorationSettings:
     linear_start: float
     linear_end: float
     linear_steps: int
+    mnih_finals: tuple[float, ...] = (0.1, 0.01, 0.5)
+    mnih_probs: tuple[float, ...] = (0.4, 0.3, 0.3)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ActorSettings:
     learning_starts: int
     max_update_debt: Optional[int]
     compute_priorities: bool = False
+    one_network: bool = True  # False with independent learners: each network must keep up
 
 
 def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
@@ -125,11 +128,13 @@ class Actor:
     def __init__(
         self,
         settings: ActorSettings,
-        storage: ReplayStorage,
-        params: ParameterStore,
+        storage: Optional[ReplayStorage],
+        params: Optional[ParameterStore],
         counters: Counters,
         stats_queue: Any,
     ):
+        """`storage=None` keeps transitions for the caller (`take_transitions`, actor-learner
+        mode); `params=None` acts with `q_net` as it is (set by the caller)."""
         s = settings
         self.s, self.storage, self.params, self.counters, self.stats = (
             settings, storage, params, counters, stats_queue
@@ -144,6 +149,11 @@ class Actor:
             e = s.exploration
             all_eps = apex_epsilons(slots, e.apex_base, e.apex_alpha)
             self.fixed_eps: Optional[np.ndarray] = all_eps[s.actor_id * s.envs_per_actor:][: s.envs_per_actor]
+        elif s.exploration.schedule == "mnih2016":
+            # Mnih et al. 2016: each actor-learner anneals to its own final epsilon, drawn once
+            e = s.exploration
+            self.final_eps = float(self.rng.choice(e.mnih_finals, p=np.array(e.mnih_probs) / sum(e.mnih_probs)))
+            self.fixed_eps = None
         else:
             self.fixed_eps = None
         self.obs, _ = self.envs.reset(seed=s.seed)
@@ -158,10 +168,13 @@ class Actor:
         if self.fixed_eps is not None:
             return self.fixed_eps
         e = self.s.exploration
-        eps = linear_epsilon(self.counters.total_env_steps(), e.linear_start, e.linear_end, e.linear_steps)
+        end = self.final_eps if e.schedule == "mnih2016" else e.linear_end
+        eps = linear_epsilon(self.counters.total_env_steps(), e.linear_start, end, e.linear_steps)
         return np.full(self.s.envs_per_actor, eps)
 
     def sync_weights(self) -> None:
+        if self.params is None:
+            return
         updates = self.params.read_into(self.q_net)
         if updates is not None:
             self.weights_updates = updates
@@ -184,7 +197,8 @@ class Actor:
         if s.max_update_debt is None:
             return False
         learnable = self.counters.total_env_steps() - s.learning_starts
-        return s.replay_ratio * learnable - self.counters.updates() > s.max_update_debt
+        done = self.counters.updates() if s.one_network else self.counters.slowest_learner_updates()
+        return s.replay_ratio * learnable - done > s.max_update_debt
 
     def step(self) -> None:
         """One vector-env step of all envs of this actor."""
@@ -211,12 +225,17 @@ class Actor:
         n = self.s.envs_per_actor
         self.steps += n
         self.steps_since_sync += n
-        if len(self.outbox) >= self.s.write_batch:
+        if self.storage is not None and len(self.outbox) >= self.s.write_batch:
             self.flush()
         self.counters.env_steps[self.s.actor_id] = self.steps
 
+    def take_transitions(self) -> list[tuple]:
+        """Actor-learner mode: hand over the n-step transitions made since the last call."""
+        taken, self.outbox = self.outbox, []
+        return taken
+
     def flush(self) -> None:
-        if self.outbox:
+        if self.outbox and self.storage is not None:
             rows = rows_from(self.outbox)
             if self.s.compute_priorities:
                 rows["priority"] = self.initial_priority(rows)

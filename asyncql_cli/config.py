@@ -51,6 +51,7 @@ class ParallelismConfig:
     num_actors: int = 2
     envs_per_actor: int = 8
     num_learners: int = 1
+    learner_sharing: str = "independent"
     learner_device: str = "auto"
     torch_threads: int = 1
     max_actor_restarts: int = 3
@@ -67,6 +68,8 @@ class ActorConfig:
 
 @dataclass
 class AlgoConfig:
+    mode: str = "replay"
+    t_max: int = 5
     lr: float = 1e-3
     gamma: float = 0.99
     n_step: int = 3
@@ -93,6 +96,8 @@ class ExplorationConfig:
     linear_start: float = 1.0
     linear_end: float = 0.05
     linear_steps: int = 20_000
+    mnih_finals: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.5])
+    mnih_probs: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.3])
 
 
 @dataclass
@@ -146,18 +151,20 @@ def register_configs() -> None:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "network.name": ("mlp",),
-    "buffer.name": ("uniform", "prioritized"),
+    "buffer.name": ("uniform", "prioritized", "none"),
+    "algo.mode": ("replay", "actor_learner"),
+    "parallelism.learner_sharing": ("independent", "shared"),
     "parallelism.name": ("local", "serial"),
     "algo.loss": ("huber", "mse"),
     "algo.nonfinite": ("stop", "skip"),
     "algo.lr_schedule": ("constant", "linear"),
-    "exploration.schedule": ("apex", "linear"),
+    "exploration.schedule": ("apex", "linear", "mnih2016"),
     "train.progress": ("auto", "rich", "plain", "none"),
 }
 
 POSITIVE = (
     "buffer.capacity", "parallelism.num_actors", "parallelism.envs_per_actor",
-    "parallelism.num_learners", "parallelism.torch_threads", "actor.write_batch",
+    "parallelism.num_learners", "algo.t_max", "parallelism.torch_threads", "actor.write_batch",
     "actor.weight_sync_steps", "algo.lr", "algo.n_step", "algo.batch_size",
     "algo.huber_delta", "algo.target_update", "algo.adam_eps", "algo.replay_ratio",
     "algo.publish_interval", "exploration.linear_steps", "train.total_env_steps",
@@ -212,9 +219,33 @@ def validate(cfg: DictConfig) -> None:
         _fail("algo.target_tau", cfg.algo.target_tau, "a value in (0, 1] (1 = hard copy)")
     if not cfg.network.hidden or any(h <= 0 for h in cfg.network.hidden):
         _fail("network.hidden", list(cfg.network.hidden), "a non-empty list of sizes > 0")
-    if cfg.parallelism.num_learners != 1:
-        _fail("parallelism.num_learners", cfg.parallelism.num_learners,
-              "1 (several learners are not supported yet)")
+    _validate_modes(cfg)
+    if cfg.buffer.name != "none":
+        _validate_replay(cfg)
+    _validate_device(cfg)
+
+
+def _validate_modes(cfg: DictConfig) -> None:
+    actor_learner = cfg.algo.mode == "actor_learner"
+    if actor_learner != (cfg.buffer.name == "none"):
+        _fail("buffer.name", cfg.buffer.name,
+              "none with algo.mode=actor_learner (it learns without replay), and a replay otherwise")
+    if cfg.parallelism.name == "serial" and (cfg.parallelism.num_learners != 1 or actor_learner):
+        _fail("parallelism.name", "serial", "one learner in replay mode (use parallelism=local)")
+    shared = actor_learner or (cfg.parallelism.num_learners > 1 and cfg.parallelism.learner_sharing == "shared")
+    if shared and cfg.parallelism.learner_device.startswith("cuda"):
+        _fail("parallelism.learner_device", cfg.parallelism.learner_device,
+              "auto or cpu: Hogwild (shared) updates run on CPU shared memory")
+
+
+    e = cfg.exploration
+    if (len(e.mnih_finals) != len(e.mnih_probs) or not e.mnih_finals
+            or any(not 0.0 <= x <= 1.0 for x in e.mnih_finals) or any(not p > 0 for p in e.mnih_probs)):
+        _fail("exploration.mnih_finals", list(e.mnih_finals),
+              "epsilons in [0, 1], one positive exploration.mnih_probs entry each")
+
+
+def _validate_replay(cfg: DictConfig) -> None:
     slots_per_actor = cfg.buffer.capacity // cfg.parallelism.num_actors
     usable = slots_per_actor * cfg.parallelism.num_actors  # the replay never holds more rows
     split = "" if usable == cfg.buffer.capacity else f" ({usable} rows once split over the actors)"
@@ -228,6 +259,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.train.learning_starts > usable:  # the learner would never start, the actors would stall
         _fail("train.learning_starts", cfg.train.learning_starts,
               f"at most buffer.capacity={cfg.buffer.capacity}{split}")
+
+
+def _validate_device(cfg: DictConfig) -> None:
     device = cfg.parallelism.learner_device
     if device not in ("auto", "cpu", "cuda") and not (
         device.startswith("cuda:") and device[5:].isdigit()

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from asyncql_cli.checkpoint import save_checkpoint
+from asyncql_cli.hogwild import SharedModel
 from asyncql_cli.losses import td_loss, update_target
 from asyncql_cli.networks import build_network
 from asyncql_cli.params import ParameterStore
@@ -70,6 +71,61 @@ class LearnerSettings:
     total_env_steps: int = 1
     lr_schedule: str = "constant"
     lr_final: float = 0.0
+    index: int = 0            # learner k of K; learner 0 is the primary
+    sharing: str = "independent"  # independent: own Q_k, Q_k^-, optimizer | shared: Hogwild
+
+
+def last_checkpoint_name(index: int) -> str:
+    """Learner 0 writes last.pt; learner k > 0 (independent sharing) last.learner<k>.pt."""
+    return "last.pt" if index == 0 else f"last.learner{index}.pt"
+
+
+def loss_is_finite(loss: torch.Tensor, update: int, policy: str) -> bool:
+    """False for a NaN/inf loss under policy "skip"; raises under "stop" (the default)."""
+    if torch.isfinite(loss):
+        return True
+    if policy == "stop":
+        raise NonFiniteLoss(
+            f"non-finite loss ({loss.item()}) at update {update}; "
+            "weights seen by actors are from the last finite update"
+        )
+    return False
+
+
+def apply_gradients(q_net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                    max_grad_norm: Optional[float]) -> float:
+    """theta <- optimizer(theta, clip(grad loss)); returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = max_grad_norm if max_grad_norm is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(q_net.parameters(), max_norm)
+    optimizer.step()
+    return float(grad_norm)
+
+
+class UpdateStats:
+    """Means of loss, Q and gradient norm over a time window, sent to the main process."""
+
+    def __init__(self, index: int, interval_seconds: float, stats_queue: Any):
+        self.index, self.interval, self.queue = index, interval_seconds, stats_queue
+        self.sums = {"loss": 0.0, "q_mean": 0.0, "grad_norm": 0.0}
+        self.count = 0
+        self.last = time.monotonic()
+
+    def add(self, loss: float, q_mean: float, grad_norm: float, updates: int, skipped: int) -> None:
+        for name, value in (("loss", loss), ("q_mean", q_mean), ("grad_norm", grad_norm)):
+            self.sums[name] += value
+        self.count += 1
+        if time.monotonic() - self.last >= self.interval:
+            self.flush(updates, skipped)
+
+    def flush(self, updates: int, skipped: int) -> None:
+        if self.count:
+            means = {k: v / self.count for k, v in self.sums.items()}
+            self.queue.put(("learner", self.index, means, updates, skipped))
+        self.sums = dict.fromkeys(self.sums, 0.0)
+        self.count = 0
+        self.last = time.monotonic()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,19 +136,26 @@ def resolve_device(name: str) -> torch.device:
 
 class Learner:
     def __init__(self, settings: LearnerSettings, storage: ReplayStorage, params: ParameterStore,
-                 counters: Counters, stats_queue: Any):
+                 counters: Counters, stats_queue: Any, shared: Optional[SharedModel] = None):
         s = settings
         self.s, self.storage, self.params, self.counters, self.stats = (
             settings, storage, params, counters, stats_queue
         )
         torch.manual_seed(s.seed)
         self.device = resolve_device(s.device)
-        self.q_net = build_network(s.network, s.obs_shape, s.num_actions).to(self.device)
-        self.target_net = build_network(s.network, s.obs_shape, s.num_actions).to(self.device)
-        self.target_net.load_state_dict(self.q_net.state_dict())
-        self.target_net.requires_grad_(False)
-        # fused Adam: one kernel for all parameters, a large share of a small net's step time
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=s.lr, eps=s.adam_eps, fused=True)
+        self.shared = shared
+        self.primary = s.index == 0
+        if shared is not None:  # Hogwild: the shared tensors are the model (CPU shared memory)
+            self.device = torch.device("cpu")
+            self.q_net, self.target_net, self.optimizer = shared.q_net, shared.target_net, shared.optimizer
+        else:
+            self.q_net = build_network(s.network, s.obs_shape, s.num_actions).to(self.device)
+            self.target_net = build_network(s.network, s.obs_shape, s.num_actions).to(self.device)
+            self.target_net.load_state_dict(self.q_net.state_dict())
+            self.target_net.requires_grad_(False)
+            # fused Adam: one kernel for all parameters, a large share of a small net's step time
+            self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=s.lr, eps=s.adam_eps, fused=True)
+        self.target_copies = 0
         self.sampler: UniformSampler | PrioritizedSampler
         if s.prioritized:
             self.sampler = PrioritizedSampler(storage, s.seed, s.alpha, s.priority_eps)
@@ -100,29 +163,37 @@ class Learner:
             self.sampler = UniformSampler(storage, seed=s.seed)
         self.updates = 0
         self.skipped = 0
-        self._sums = {"loss": 0.0, "q_mean": 0.0, "grad_norm": 0.0}
-        self._count = 0
-        self._last_stats = time.monotonic()
+        self.stats_window = UpdateStats(s.index, s.stats_interval_seconds, stats_queue)
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.q_net.load_state_dict(state["q_net"])
-        self.target_net.load_state_dict(state["target_net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.counters.learner_updates[0] = self.updates
+        """Continue from a checkpoint (in shared mode the main process has already loaded
+        the shared weights and moments; only this learner's counters are restored)."""
+        if self.shared is None:
+            self.q_net.load_state_dict(state["q_net"])
+            self.target_net.load_state_dict(state["target_net"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state.get("learner_updates", [state["updates"]])[self.s.index]
+                           if self.shared is not None else state["updates"])
+        self.counters.learner_updates[self.s.index] = self.updates
+        self.target_copies = self.global_updates() // self.s.target_update
         torch.set_rng_state(state["torch_rng"])
         if isinstance(self.sampler, UniformSampler) and "sampler_rng" in state:
             self.sampler.generator.set_state(state["sampler_rng"])
 
+    def global_updates(self) -> int:
+        """Updates of the network this learner trains: its own, or all learners' (shared)."""
+        return self.counters.updates() if self.shared is not None else self.updates
+
     def publish(self) -> None:
-        self.params.publish(self.q_net, self.updates)
+        self.params.publish(self.q_net, self.global_updates())
 
     def data_allows_update(self) -> bool:
-        """Ready once `learning_starts` rows exist; then at most replay_ratio per env step."""
+        """Ready once `learning_starts` rows exist; then at most replay_ratio updates per env
+        step for each network (shared learners hold the ratio together)."""
         if self.storage.size() < max(self.s.learning_starts, self.s.batch_size):
             return False
         learnable = self.counters.total_env_steps() - self.s.learning_starts
-        return self.updates < self.s.replay_ratio * max(learnable, 0) + 1
+        return self.global_updates() < self.s.replay_ratio * max(learnable, 0) + 1
 
     def update(self) -> bool:
         """One gradient step; returns False if no batch could be drawn or it was skipped."""
@@ -139,31 +210,25 @@ class Learner:
             batch.next_obs, batch.discount, self.s.double, self.s.loss, self.s.huber_delta,
             weight=batch.weight,
         )
-        if not torch.isfinite(out.loss):
-            if self.s.nonfinite == "stop":
-                raise NonFiniteLoss(
-                    f"non-finite loss ({out.loss.item()}) at update {self.updates + 1}; "
-                    "weights seen by actors are from the last finite update"
-                )
+        if not loss_is_finite(out.loss, self.updates + 1, self.s.nonfinite):
             self.skipped += 1
             return False
         if self.s.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate()
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        max_norm = self.s.max_grad_norm if self.s.max_grad_norm is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), max_norm)
-        self.optimizer.step()
+        grad_norm = apply_gradients(self.q_net, self.optimizer, out.loss, self.s.max_grad_norm)
         if isinstance(self.sampler, PrioritizedSampler):
             self.sampler.update_priorities(batch.index, out.td_error, sampled_logical)
         self.updates += 1
-        if self.updates % self.s.target_update == 0:
-            update_target(self.q_net, self.target_net, self.s.target_tau)
-        if self.updates % self.s.publish_interval == 0:
-            self.publish()
-        self.counters.learner_updates[0] = self.updates
-        self._accumulate(out.loss.item(), out.q_mean.item(), float(grad_norm))
+        self.counters.learner_updates[self.s.index] = self.updates
+        if self.primary or self.shared is None:  # one writer for each target network
+            copies = self.global_updates() // self.s.target_update
+            if copies > self.target_copies:
+                update_target(self.q_net, self.target_net, self.s.target_tau)
+                self.target_copies = copies
+            if self.updates % self.s.publish_interval == 0:
+                self.publish()
+        self.stats_window.add(out.loss.item(), out.q_mean.item(), grad_norm, self.updates, self.skipped)
         return True
 
     def progress(self) -> float:
@@ -179,21 +244,8 @@ class Learner:
         """Importance-sampling exponent, annealed linearly to beta_final over the budget."""
         return self.s.beta + (self.s.beta_final - self.s.beta) * self.progress()
 
-    def _accumulate(self, loss: float, q_mean: float, grad_norm: float) -> None:
-        self._sums["loss"] += loss
-        self._sums["q_mean"] += q_mean
-        self._sums["grad_norm"] += grad_norm
-        self._count += 1
-        if time.monotonic() - self._last_stats >= self.s.stats_interval_seconds:
-            self.flush_stats()
-
     def flush_stats(self) -> None:
-        if self._count:
-            means = {k: v / self._count for k, v in self._sums.items()}
-            self.stats.put(("learner", means, self.updates, self.skipped))
-        self._sums = dict.fromkeys(self._sums, 0.0)
-        self._count = 0
-        self._last_stats = time.monotonic()
+        self.stats_window.flush(self.updates, self.skipped)
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -201,7 +253,9 @@ class Learner:
             "q_net": {k: v.detach().cpu() for k, v in self.q_net.state_dict().items()},
             "target_net": {k: v.detach().cpu() for k, v in self.target_net.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "updates": self.updates,
+            "updates": self.global_updates(),
+            "learner_updates": self.counters.learner_updates.tolist(),
+            "learner_index": self.s.index,
             "env_steps": self.counters.total_env_steps(),
             "torch_rng": torch.get_rng_state(),
             **({"sampler_rng": self.sampler.generator.get_state()}
@@ -209,7 +263,10 @@ class Learner:
         }
 
     def save_last(self) -> None:
-        save_checkpoint(Path(self.s.checkpoint_dir) / "last.pt", self.checkpoint_state())
+        """Independent learners each write their own file; shared ones only the primary."""
+        if self.shared is None or self.primary:
+            save_checkpoint(Path(self.s.checkpoint_dir) / last_checkpoint_name(self.s.index),
+                            self.checkpoint_state())
 
 
 def _to_cpu(value: Any) -> Any:
@@ -224,19 +281,22 @@ def _to_cpu(value: Any) -> Any:
 
 def learner_main(settings: LearnerSettings, storage: ReplayStorage, params: ParameterStore,
                  counters: Counters, stats_queue: Any, stop_event: Any, parent_pid: int,
-                 torch_threads: int, resume_state: Optional[dict[str, Any]] = None) -> None:
-    """Process entry point: update until told to stop, then write `last.pt`."""
+                 torch_threads: int, resume_state: Optional[dict[str, Any]] = None,
+                 shared: Optional[SharedModel] = None) -> None:
+    """Process entry point: update until told to stop, then write the last checkpoint."""
     import traceback
 
     from asyncql_cli.process import init_child, parent_alive
 
-    init_child("learner-0", parent_pid, torch_threads)
-    heartbeat_slot = -1
+    role = f"learner-{settings.index}"
+    init_child(role, parent_pid, torch_threads)
+    heartbeat_slot = counters.learner_slot(settings.index)
     try:
-        learner = Learner(settings, storage, params, counters, stats_queue)
+        learner = Learner(settings, storage, params, counters, stats_queue, shared)
         if resume_state is not None:
             learner.load_state(resume_state)
-        learner.publish()
+        if learner.primary or shared is None:
+            learner.publish()
         last_checkpoint = time.monotonic()
         while not stop_event.is_set() and parent_alive(parent_pid):
             counters.beat(heartbeat_slot)
@@ -248,7 +308,6 @@ def learner_main(settings: LearnerSettings, storage: ReplayStorage, params: Para
         learner.flush_stats()
         if parent_alive(parent_pid):
             learner.save_last()
-        stats_queue.put(("learner_done", learner.updates))
     except Exception as exc:
-        stats_queue.put(("error", "learner-0", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        stats_queue.put(("error", role, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         raise SystemExit(1) from None

@@ -6,8 +6,9 @@ process dies (so a `kill -9` of the parent leaves no orphan), and limits torch t
 configured number of threads so N processes fit N cores.
 
 `Counters` are small shared int64/float64 tensors allocated by the main process.
-Single-writer rule: actor i writes only index i of the per-actor arrays; the learner writes
-only `learner_updates`; each child writes only its own heartbeat slot.
+Single-writer rule: actor i writes only index i of the per-actor arrays; learner k writes
+only `learner_updates[k]`; each child writes only its own heartbeat slot (actor i: i,
+learner k: num_actors + k).
 """
 
 from __future__ import annotations
@@ -59,19 +60,27 @@ def parent_alive(parent_pid: int) -> bool:
 class Counters:
     """Progress counters shared by all processes (allocated in the main process)."""
 
-    def __init__(self, num_actors: int):
+    def __init__(self, num_actors: int, num_learners: int = 1):
+        self.num_actors = num_actors
         self.env_steps = torch.zeros(num_actors, dtype=torch.int64).share_memory_()
         self.actor_updates = torch.zeros(num_actors, dtype=torch.int64).share_memory_()
-        self.learner_updates = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.learner_updates = torch.zeros(num_learners, dtype=torch.int64).share_memory_()
         self.env_steps_offset = torch.zeros(1, dtype=torch.int64).share_memory_()
-        # heartbeat[i] for actor i, heartbeat[-1] for the learner (time.time() seconds)
-        self.heartbeat = torch.zeros(num_actors + 1, dtype=torch.float64).share_memory_()
+        # time.time() of each child's last beat: actors first, then learners
+        self.heartbeat = torch.zeros(num_actors + num_learners, dtype=torch.float64).share_memory_()
 
     def total_env_steps(self) -> int:
         return int(self.env_steps.sum()) + int(self.env_steps_offset[0])
 
     def updates(self) -> int:
-        return int(self.learner_updates[0])
+        """Gradient updates of all learners together."""
+        return int(self.learner_updates.sum())
+
+    def slowest_learner_updates(self) -> int:
+        return int(self.learner_updates.min())
+
+    def learner_slot(self, index: int) -> int:
+        return self.num_actors + index
 
     def beat(self, slot: int) -> None:
         self.heartbeat[slot] = time.time()

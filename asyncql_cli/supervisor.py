@@ -23,18 +23,26 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
-from asyncql_cli.actor import Actor, ActorSettings, ExplorationSettings, actor_main
+from asyncql_cli.actor import Actor, actor_main
+from asyncql_cli.actor_learner import actor_learner_main
+from asyncql_cli.builders import (
+    Components,
+    build_actor_learner_settings,
+    build_actor_settings,
+    build_learner_settings,
+    check_memory,
+    checkpoint_meta,
+    connect_components,
+    hogwild,
+)
 from asyncql_cli.checkpoint import (
     check_compatible,
     load_checkpoint,
@@ -44,13 +52,12 @@ from asyncql_cli.checkpoint import (
     write_json,
 )
 from asyncql_cli.config import BadInput, to_plain, validate
-from asyncql_cli.envs import EnvSpec, inspect_env
+from asyncql_cli.envs import inspect_env
 from asyncql_cli.evaluate import evaluate
-from asyncql_cli.learner import Learner, LearnerSettings, learner_main
-from asyncql_cli.networks import build_network, num_parameters
-from asyncql_cli.params import ParameterStore
-from asyncql_cli.process import Counters
-from asyncql_cli.replay import ReplayStorage, replay_bytes
+from asyncql_cli.hogwild import load_into_shared
+from asyncql_cli.learner import Learner, last_checkpoint_name, learner_main
+from asyncql_cli.networks import build_network
+from asyncql_cli.replay import replay_bytes
 from asyncql_cli.reporting import Reporter
 from asyncql_cli.video import record_to_run
 
@@ -59,90 +66,7 @@ log = logging.getLogger("asyncql")
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 SUPERVISE_TICK_SECONDS = 0.05
 SERIAL_ACTOR_STEPS_PER_TICK = 8
-MEMORY_HEADROOM = 1.2
 REPLAY_FILE = "replay.pt"
-
-
-# ---------------------------------------------------------------------------- builders
-def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int,
-                         generation: int = 0) -> ActorSettings:
-    p, a, e = plain["parallelism"], plain["algo"], plain["exploration"]
-    return ActorSettings(
-        actor_id=actor_id, num_actors=p["num_actors"], envs_per_actor=p["envs_per_actor"],
-        env_id=spec.env_id, env_kwargs=plain["env"]["kwargs"],
-        max_episode_steps=plain["env"]["max_episode_steps"], obs_shape=spec.obs_shape,
-        num_actions=spec.num_actions, network=plain["network"], gamma=a["gamma"],
-        n_step=a["n_step"], write_batch=plain["actor"]["write_batch"],
-        weight_sync_steps=plain["actor"]["weight_sync_steps"],
-        exploration=ExplorationSettings(
-            schedule=e["schedule"], apex_base=e["apex_base"], apex_alpha=e["apex_alpha"],
-            linear_start=e["linear_start"], linear_end=e["linear_end"],
-            linear_steps=e["linear_steps"],
-        ),
-        # a resumed run (generation g) must not replay the original episodes' seeds
-        seed=plain["seed"] * 10_000 + generation * 1_000 + actor_id * p["envs_per_actor"],
-        replay_ratio=a["replay_ratio"], learning_starts=plain["train"]["learning_starts"],
-        max_update_debt=plain["actor"]["max_update_debt"],
-        compute_priorities=plain["buffer"]["name"] == "prioritized",
-    )
-
-
-def checkpoint_meta(plain: dict[str, Any], spec: EnvSpec, generation: int = 0) -> dict[str, Any]:
-    return {
-        "env_id": spec.env_id, "obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions,
-        "network": plain["network"], "config": plain, "generation": generation,
-    }
-
-
-def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path,
-                           generation: int = 0) -> LearnerSettings:
-    a = plain["algo"]
-    return LearnerSettings(
-        obs_shape=spec.obs_shape, num_actions=spec.num_actions, network=plain["network"],
-        device=plain["parallelism"]["learner_device"], lr=a["lr"], adam_eps=a["adam_eps"],
-        double=a["double"], loss=a["loss"], huber_delta=a["huber_delta"],
-        batch_size=a["batch_size"], target_update=a["target_update"],
-        target_tau=a["target_tau"], max_grad_norm=a["max_grad_norm"],
-        replay_ratio=a["replay_ratio"], learning_starts=plain["train"]["learning_starts"],
-        publish_interval=a["publish_interval"], nonfinite=a["nonfinite"], seed=plain["seed"],
-        stats_interval_seconds=plain["train"]["log_interval_seconds"],
-        checkpoint_dir=str(run_dir / "checkpoints"),
-        checkpoint_interval_seconds=plain["checkpoint"]["interval_seconds"],
-        checkpoint_meta=checkpoint_meta(plain, spec, generation),
-        prioritized=plain["buffer"]["name"] == "prioritized", alpha=plain["buffer"]["alpha"],
-        beta=plain["buffer"]["beta"], beta_final=plain["buffer"]["beta_final"],
-        priority_eps=plain["buffer"]["priority_eps"], total_env_steps=plain["train"]["total_env_steps"],
-        lr_schedule=a["lr_schedule"], lr_final=a["lr_final"],
-    )
-
-
-def check_memory(needed: int, shm_dir: str = "/dev/shm") -> None:
-    """Refuse a replay that cannot fit before anything is spawned (SIGBUS otherwise)."""
-    if os.path.isdir(shm_dir):
-        free = shutil.disk_usage(shm_dir).free
-        if needed * MEMORY_HEADROOM > free:
-            raise BadInput(
-                f"buffer.capacity needs {needed / 2**20:,.0f} MiB of shared memory but {shm_dir} "
-                f"has {free / 2**20:,.0f} MiB free; lower buffer.capacity or enlarge /dev/shm "
-                "(docker run --shm-size=...)"
-            )
-    available = _mem_available()
-    if available is not None and needed * MEMORY_HEADROOM > available:
-        raise BadInput(
-            f"buffer.capacity needs {needed / 2**20:,.0f} MiB of memory but only "
-            f"{available / 2**20:,.0f} MiB is available; lower buffer.capacity"
-        )
-
-
-def _mem_available() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _start_ignoring_sigint(proc: Any) -> None:
@@ -154,36 +78,6 @@ def _start_ignoring_sigint(proc: Any) -> None:
         proc.start()
     finally:
         signal.signal(signal.SIGINT, handler)
-
-
-# ------------------------------------------------------------------------------ wiring
-@dataclass
-class Components:
-    """Everything shared between processes, allocated here in the main process."""
-
-    storage: ReplayStorage
-    params: ParameterStore
-    counters: Counters
-    stats: Any
-    stop: Any
-    ctx: Any
-    processes: dict[str, Any] = field(default_factory=dict)
-    restarts: int = 0
-
-
-def connect_components(plain: dict[str, Any], spec: EnvSpec, serial: bool) -> Components:
-    p = plain["parallelism"]
-    storage = ReplayStorage(  # one segment per actor: each actor is its segment's only writer
-        plain["buffer"]["capacity"], p["num_actors"], plain["actor"]["write_batch"],
-        spec.obs_shape, "float32",
-    )
-    probe = build_network(plain["network"], spec.obs_shape, spec.num_actions)
-    params = ParameterStore(num_parameters(probe))  # learner writes, actors and eval read
-    counters = Counters(p["num_actors"])  # per-slot single writers, see process.py
-    ctx = mp.get_context("spawn")
-    stats = queue.SimpleQueue() if serial else ctx.Queue()  # children -> main: episodes, losses
-    stop = ctx.Event()  # main -> children: finish your batch and exit
-    return Components(storage, params, counters, stats, stop, ctx)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -210,28 +104,34 @@ class Run:
             log.warning("second interrupt: forcing exit")
 
     # -- processes -------------------------------------------------------------------
+    def _start(self, c: Components, role: str, target: Any, args: tuple) -> None:
+        proc = c.ctx.Process(target=target, name=f"asyncql:{role}", daemon=True,
+                             args=(*args[:-1], c.stats, c.stop, os.getpid(),
+                                   self.plain["parallelism"]["torch_threads"], *args[-1]))
+        _start_ignoring_sigint(proc)
+        c.processes[role] = proc
+        log.info("%s started (pid %d)", role, proc.pid)
+
     def _spawn_actor(self, c: Components, actor_id: int) -> None:
-        settings = build_actor_settings(self.plain, self.spec, actor_id, self.generation)
+        """An actor (replay mode) or an actor-learner; a restart continues its counters."""
         start = int(c.counters.env_steps[actor_id])
         c.counters.heartbeat[actor_id] = 0.0  # not watched until the new process beats
-        proc = c.ctx.Process(
-            target=actor_main, name=f"asyncql:actor-{actor_id}", daemon=True,
-            args=(settings, c.storage, c.params, c.counters, c.stats, c.stop, os.getpid(),
-                  self.plain["parallelism"]["torch_threads"], start),
-        )
-        _start_ignoring_sigint(proc)
-        c.processes[f"actor-{actor_id}"] = proc
-        log.info("actor-%d started (pid %d)", actor_id, proc.pid)
+        if self.actor_learner:
+            settings = build_actor_learner_settings(self.plain, self.spec, self.run_dir, actor_id, self.generation)
+            updates = int(c.counters.learner_updates[actor_id])
+            self._start(c, f"actor-learner-{actor_id}", actor_learner_main,
+                        (settings, c.shared, c.params, c.counters, (start, updates)))
+        else:
+            settings = build_actor_settings(self.plain, self.spec, actor_id, self.generation)
+            self._start(c, f"actor-{actor_id}", actor_main,
+                        (settings, c.storage, c.store_for_actor(actor_id), c.counters, (start,)))
 
-    def _spawn_learner(self, c: Components, resume_state: Optional[dict]) -> None:
-        proc = c.ctx.Process(
-            target=learner_main, name="asyncql:learner-0", daemon=True,
-            args=(self.learner_settings, c.storage, c.params, c.counters, c.stats, c.stop,
-                  os.getpid(), self.plain["parallelism"]["torch_threads"], resume_state),
-        )
-        _start_ignoring_sigint(proc)
-        c.processes["learner-0"] = proc
-        log.info("learner-0 started (pid %d, device %s)", proc.pid, self.learner_settings.device)
+    def _spawn_learner(self, c: Components, index: int, resume_state: Optional[dict]) -> None:
+        settings = build_learner_settings(self.plain, self.spec, self.run_dir, self.generation, index)
+        store = c.params if c.shared is not None else c.stores[index]
+        self._start(c, f"learner-{index}", learner_main,
+                    (settings, c.storage, store, c.counters, (resume_state, c.shared)))
+        log.info("learner-%d device: %s", index, "cpu (shared, Hogwild)" if c.shared else settings.device)
 
     def _kill_hung(self, c: Components) -> None:
         """A child whose heartbeat stopped (an env stuck in step(), a deadlock) is killed;
@@ -239,7 +139,8 @@ class Run:
         timeout = self.plain["parallelism"]["heartbeat_timeout_seconds"]
         now = time.time()
         for role, proc in c.processes.items():
-            slot = -1 if role.startswith("learner") else int(role.split("-")[1])
+            index = int(role.rsplit("-", 1)[1])
+            slot = c.counters.learner_slot(index) if role.startswith("learner") else index
             beat = float(c.counters.heartbeat[slot])
             if proc.exitcode is None and beat > 0 and now - beat > timeout:
                 self.child_errors[role] = f"no heartbeat for {now - beat:.0f} s (hung); killed"
@@ -262,7 +163,7 @@ class Run:
                 return
             c.restarts += 1
             log.error("%s died (%s); restarting (%d/%d)", role, cause, c.restarts, budget)
-            self._spawn_actor(c, int(role.split("-")[1]))
+            self._spawn_actor(c, int(role.rsplit("-", 1)[1]))
 
     def _shutdown(self, c: Components) -> None:
         c.stop.set()
@@ -295,9 +196,12 @@ class Run:
                 _, _, ret, length, eps = message
                 self.reporter.episode(ret, length, eps, steps)
             elif kind == "learner":
-                _, means, updates, skipped = message
+                _, index, means, updates, skipped = message
+                several = self.num_updaters > 1
                 for name, value in means.items():
                     self.reporter.scalar(f"learner/{name}", value, steps)
+                    if several:
+                        self.reporter.scalar(f"learner{index}/{name}", value, steps)
                 if skipped:
                     self.reporter.scalar("learner/skipped_updates", skipped, steps)
             elif kind == "error":
@@ -307,14 +211,24 @@ class Run:
 
     # -- evaluation ------------------------------------------------------------------
     def _evaluate(self, c: Components, steps: int) -> Optional[float]:
-        updates = c.params.read_into(self.eval_net)
-        if updates is None:
-            return None
+        """Greedy evaluation of every published network (one per independent learner);
+        the best one is the run's score and, if it beats the record, becomes best.pt."""
         env, ev = self.plain["env"], self.plain["eval"]
-        result = evaluate(self.eval_net, self.spec.env_id, env["kwargs"],
-                          ev["max_episode_steps"] or env["max_episode_steps"],
-                          ev["episodes"], ev["seed"])
-        mean = result.mean
+        scores = []
+        for index, (store, net) in enumerate(zip(c.stores, self.eval_nets)):
+            published = store.read_into(net)
+            if published is None:
+                continue
+            score = evaluate(net, self.spec.env_id, env["kwargs"], ev["max_episode_steps"] or env["max_episode_steps"],
+                             ev["episodes"], ev["seed"]).mean
+            if len(c.stores) > 1:
+                self.reporter.scalar(f"learner{index}/eval_mean_return", score, steps)
+            scores.append((score, -index, published))
+        if not scores:
+            return None
+        mean, negative_index, updates = max(scores)
+        best_index = -negative_index
+        self.eval_net = self.eval_nets[best_index]
         self.reporter.scalar("eval/mean_return", mean, steps)
         self.reporter.eval_return = mean
         wall = time.monotonic() - self.reporter.start
@@ -329,6 +243,7 @@ class Run:
             state = {**checkpoint_meta(self.plain, self.spec),
                      "q_net": {k: v.clone() for k, v in self.eval_net.state_dict().items()},
                      "updates": updates, "env_steps": steps, "eval_return": mean,
+                     "learner_index": best_index,
                      "eval_episodes": ev["episodes"], "eval_seed": ev["seed"]}
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
         log.info("eval at %d env steps (%d updates): mean return %.1f over %d episodes",
@@ -361,7 +276,8 @@ class Run:
         plain = self.plain
         env = plain["env"]
         self.spec = inspect_env(env["id"], env["kwargs"], env["max_episode_steps"])
-        check_memory(replay_bytes(plain["buffer"]["capacity"], self.spec.obs_shape, "float32"))
+        if plain["buffer"]["name"] != "none":
+            check_memory(replay_bytes(plain["buffer"]["capacity"], self.spec.obs_shape, "float32"))
         try:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -369,24 +285,30 @@ class Run:
         if not os.access(self.run_dir, os.W_OK):
             raise BadInput(f"run directory {self.run_dir} is not writable")
         serial = plain["parallelism"]["name"] == "serial"
-        self.learner_settings = build_learner_settings(plain, self.spec, self.run_dir)
-        self.eval_net = build_network(plain["network"], self.spec.obs_shape, self.spec.num_actions)
+        p = plain["parallelism"]
+        self.actor_learner = plain["algo"]["mode"] == "actor_learner"
+        self.num_learners = 0 if self.actor_learner else p["num_learners"]
+        self.num_updaters = p["num_actors"] if self.actor_learner else p["num_learners"]
         self.child_errors: dict[str, str] = {}
-        torch.set_num_threads(plain["parallelism"]["torch_threads"])
+        torch.set_num_threads(p["torch_threads"])
         c = connect_components(plain, self.spec, serial)
-        resume_state = self._restore(c) if plain["resume"] else None
+        self.eval_nets = [build_network(plain["network"], self.spec.obs_shape, self.spec.num_actions)
+                          for _ in c.stores]
+        self.eval_net = self.eval_nets[0]
+        resume_states = self._restore(c) if plain["resume"] else [None] * max(1, self.num_learners)
         self.reporter = Reporter(str(self.run_dir), plain["train"]["total_env_steps"],
                                  plain["train"]["progress"],
-                                 purge_step=c.counters.total_env_steps() if resume_state else None)
+                                 purge_step=c.counters.total_env_steps() if plain["resume"] else None)
         self.reporter.best_eval = self.best_eval
         log.info("run dir %s (main pid %d)", self.run_dir, os.getpid())
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start = time.monotonic()
         try:
             if serial:
-                self._run_serial(c, start, resume_state)
+                self._run_serial(c, start, resume_states[0])
             else:
-                self._spawn_learner(c, resume_state)
+                for index in range(self.num_learners):
+                    self._spawn_learner(c, index, resume_states[index])
                 for actor_id in range(plain["parallelism"]["num_actors"]):
                     self._spawn_actor(c, actor_id)
                 self._loop(c, start, step=lambda: time.sleep(SUPERVISE_TICK_SECONDS))
@@ -397,33 +319,48 @@ class Run:
                 signal.signal(sig, handler)
         return self._finish(c, start)
 
-    def _restore(self, c: Components) -> dict[str, Any]:
-        """Continue a run: learner state from last.pt, counters, best score, replay."""
+    def _load_compatible(self, path: Path) -> dict[str, Any]:
+        state = load_checkpoint(path)
+        check_compatible(state, path, self.spec.env_id, self.spec.obs_shape, self.spec.num_actions,
+                         self.plain["network"])
+        return state
+
+    def _restore(self, c: Components) -> list[Optional[dict[str, Any]]]:
+        """Continue a run: learner states from last.pt (and last.learner<k>.pt for independent
+        learners), counters, best score, replay. Returns one state per learner process."""
         checkpoints = self.run_dir / "checkpoints"
-        state = load_checkpoint(checkpoints / "last.pt")
-        check_compatible(state, checkpoints / "last.pt", self.spec.env_id, self.spec.obs_shape,
-                         self.spec.num_actions, self.plain["network"])
+        state = self._load_compatible(checkpoints / "last.pt")
         c.counters.env_steps_offset[0] = int(state["env_steps"])
-        c.counters.learner_updates[0] = int(state["updates"])
+        saved_counts = list(state.get("learner_updates", [state["updates"]]))
+        if len(saved_counts) == c.counters.learner_updates.numel():
+            c.counters.learner_updates.copy_(torch.tensor(saved_counts))
+        else:  # the number of learners changed: keep the total on the primary
+            c.counters.learner_updates[0] = int(state["updates"])
+        if c.shared is not None:
+            load_into_shared(c.shared, state)
+        states: list[Optional[dict[str, Any]]] = [state]
+        for index in range(1, self.num_learners):
+            path = checkpoints / last_checkpoint_name(index)
+            states.append(state if c.shared is not None else self._load_compatible(path))
         self.generation = int(state.get("generation", 0)) + 1
         self.previous_wall = _previous_wall_seconds(self.run_dir / "summary.json")
-        self.learner_settings = build_learner_settings(self.plain, self.spec, self.run_dir, self.generation)
         if (checkpoints / "best.pt").is_file():
             best = load_checkpoint(checkpoints / "best.pt")
             self.best_eval = best.get("eval_return")
             self.best_env_steps = best.get("env_steps")
         replay_file = checkpoints / REPLAY_FILE
-        restored = load_replay_into(c.storage, replay_file) if replay_file.is_file() else 0
+        restored = load_replay_into(c.storage, replay_file) if replay_file.is_file() and c.storage else 0
         log.info("resuming at %d env steps, %d updates (generation %d), %d replay rows restored",
                  state["env_steps"], state["updates"], self.generation, restored)
-        return state
+        return states
 
     def _run_serial(self, c: Components, start: float, resume_state: Optional[dict] = None) -> None:
         """The same components, stepped in turn in this process (debugging, fast tests)."""
         n = self.plain["parallelism"]["num_actors"]
         actors = [Actor(build_actor_settings(self.plain, self.spec, i, self.generation), c.storage, c.params,
                         c.counters, c.stats) for i in range(n)]
-        learner = Learner(self.learner_settings, c.storage, c.params, c.counters, c.stats)
+        settings = build_learner_settings(self.plain, self.spec, self.run_dir, self.generation)
+        learner = Learner(settings, c.storage, c.params, c.counters, c.stats)
         if resume_state is not None:
             learner.load_state(resume_state)
         learner.publish()
@@ -456,7 +393,7 @@ class Run:
             if now - last_log >= t["log_interval_seconds"]:
                 self._log_perf(c, steps, updates, steps - last_steps, updates - last_updates, now - last_log)
                 last_log, last_steps, last_updates = now, steps, updates
-            self.reporter.progress(steps, updates, c.storage.size())
+            self.reporter.progress(steps, updates, c.replay_size())
             if now - last_eval >= ev["interval_seconds"]:
                 mean = self._evaluate(c, steps)
                 last_eval = time.monotonic()
@@ -491,9 +428,17 @@ class Run:
         self.reporter.updates_per_sec = d_updates / seconds
         self.reporter.scalar("perf/env_steps_per_sec", d_steps / seconds, steps)
         self.reporter.scalar("perf/updates_per_sec", d_updates / seconds, steps)
-        self.reporter.scalar("replay/size", c.storage.size(), steps)
-        acting = c.counters.actor_updates.float().mean().item()
-        self.reporter.scalar("actor/policy_lag", updates - acting, steps)
+        self.reporter.scalar("replay/size", c.replay_size(), steps)
+        self.reporter.scalar("actor/policy_lag", self._policy_lag(c), steps)
+
+    def _policy_lag(self, c: Components) -> float:
+        """Mean over actors of (updates of the network it follows) - (updates of its weights)."""
+        counters = c.counters
+        if hogwild(self.plain):
+            followed = torch.full_like(counters.actor_updates, counters.updates())
+        else:
+            followed = counters.learner_updates[torch.arange(counters.num_actors) % len(c.stores)]
+        return float((followed - counters.actor_updates).float().mean())
 
     # -- end -------------------------------------------------------------------------
     def _finish(self, c: Components, start: float) -> int:
@@ -506,7 +451,7 @@ class Run:
         solved_return = self.plain["env"]["solved_return"]
         solved = bool(self.best_eval is not None and solved_return is not None
                       and self.best_eval >= solved_return)
-        if self.plain["checkpoint"]["save_replay"] and self.interrupts < 2:
+        if self.plain["checkpoint"]["save_replay"] and self.interrupts < 2 and c.storage is not None:
             rows = save_replay(c.storage, self.run_dir / "checkpoints" / REPLAY_FILE)
             log.info("saved %d replay rows to checkpoints/%s", rows, REPLAY_FILE)
         summary = {

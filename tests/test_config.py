@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from asyncql_cli.config import BadInput, validate
 
 # Overrides an option needs to be complete (env=gym has no id of its own).
-OPTION_NEEDS = {("env", "gym"): ["env.id=CartPole-v1"]}
+OPTION_NEEDS = {("env", "gym"): ["env.id=CartPole-v1"], ("buffer", "none"): ["algo.mode=actor_learner"]}
 
 
 def _all_options() -> list[tuple[str, str]]:
@@ -75,7 +75,11 @@ BAD_VALUES = [
     (["parallelism.num_actors=-1"], "parallelism.num_actors"),
     (["parallelism.envs_per_actor=0"], "parallelism.envs_per_actor"),
     (["parallelism.num_learners=0"], "parallelism.num_learners"),
-    (["parallelism.num_learners=2"], "parallelism.num_learners"),
+    (["parallelism.num_learners=2", "parallelism=serial"], "parallelism.name"),
+    (["algo.mode=actor_learner"], "buffer.name"),
+    (["buffer=none"], "buffer.name"),
+    (["exploration.mnih_probs=[0.5,0.5]"], "exploration.mnih_finals"),
+    (["parallelism.num_learners=2", "parallelism.learner_sharing=bogus"], "parallelism.learner_sharing"),
     (["parallelism.torch_threads=0"], "parallelism.torch_threads"),
     (["parallelism.max_actor_restarts=-1"], "parallelism.max_actor_restarts"),
     (["parallelism.join_timeout_seconds=0"], "parallelism.join_timeout_seconds"),
