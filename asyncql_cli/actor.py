@@ -68,6 +68,11 @@ def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
     return base ** (1.0 + alpha * np.arange(num_slots) / (num_slots - 1))
 
 
+def draw_final_epsilon(rng: np.random.Generator, finals: tuple[float, ...], probs: tuple[float, ...]) -> float:
+    """Mnih et al. 2016: each actor-learner's final epsilon, drawn once with these probabilities."""
+    return float(rng.choice(finals, p=np.asarray(probs) / sum(probs)))
+
+
 def linear_epsilon(step: int, start: float, end: float, steps: int) -> float:
     return end + (start - end) * max(0.0, 1.0 - step / steps)
 
@@ -151,8 +156,7 @@ class Actor:
             self.fixed_eps: Optional[np.ndarray] = all_eps[s.actor_id * s.envs_per_actor:][: s.envs_per_actor]
         elif s.exploration.schedule == "mnih2016":
             # Mnih et al. 2016: each actor-learner anneals to its own final epsilon, drawn once
-            e = s.exploration
-            self.final_eps = float(self.rng.choice(e.mnih_finals, p=np.array(e.mnih_probs) / sum(e.mnih_probs)))
+            self.final_eps = draw_final_epsilon(self.rng, s.exploration.mnih_finals, s.exploration.mnih_probs)
             self.fixed_eps = None
         else:
             self.fixed_eps = None

@@ -1,0 +1,133 @@
+"""The asynchronous Q-learning family, each through the real CLI with real processes:
+independent learners (K networks, one replay), Hogwild-shared learners (one network
+written by K processes, shared Adam moments) and Mnih et al. 2016 actor-learners."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from proc_utils import descendants, roles, start_train, wait_for
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["train.progress=plain", "eval.interval_seconds=2", "parallelism.envs_per_actor=4"]
+
+
+def _run(tmp_path: Path, *args: str, expect_roles: set[str]) -> tuple[Path, dict[str, int]]:
+    run_dir = tmp_path / "run"
+    proc = start_train([*COMMON, *args, f"hydra.run.dir={run_dir}"], tmp_path)
+    seen: dict[str, int] = {}
+    together = wait_for(lambda: seen.update(roles(proc.pid)) or expect_roles <= set(roles(proc.pid)), timeout=90)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    assert together, (seen, output[-2000:])
+    assert descendants(proc.pid) == {}
+    return run_dir, seen
+
+
+def _scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _weights(path: Path) -> torch.Tensor:
+    state = torch.load(path, weights_only=True)
+    return torch.cat([t.flatten() for t in state["q_net"].values()])
+
+
+def test_independent_learners_train_two_different_networks_from_one_replay(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "train.total_env_steps=12000",
+                      expect_roles={"learner-0", "learner-1", "actor-0", "actor-1"})
+    first, second = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.learner1.pt"
+    assert not torch.allclose(_weights(first), _weights(second))
+    states = [torch.load(p, weights_only=True) for p in (first, second)]
+    assert [s["learner_index"] for s in states] == [0, 1]
+    assert all(s["updates"] > 500 for s in states)
+    scalars = _scalars(run_dir)
+    for index in (0, 1):
+        evals = scalars[f"learner{index}/eval_mean_return"]
+        assert max(evals[1:]) > evals[0] + 50, (index, evals)  # both networks improved
+        assert f"learner{index}/loss" in scalars
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_eval_return"] == pytest.approx(max(max(scalars[f"learner{i}/eval_mean_return"])
+                                                            for i in (0, 1)))
+
+
+def test_shared_learners_write_one_network_concurrently(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "parallelism.learner_sharing=shared",
+                      "train.total_env_steps=8000", expect_roles={"learner-0", "learner-1"})
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    per_learner = state["learner_updates"]
+    assert len(per_learner) == 2 and min(per_learner) > 200
+    assert state["updates"] == sum(per_learner)
+    # one set of Adam moments stepped by both processes (Hogwild may drop a few increments)
+    steps = [float(s["step"]) for s in state["optimizer"]["state"].values()]
+    assert all(step > max(per_learner) * 1.2 for step in steps), (steps, per_learner)
+    assert not (run_dir / "checkpoints" / "last.learner1.pt").exists()
+    assert "learner1/loss" in _scalars(run_dir)
+
+
+def test_actor_learners_learn_without_replay(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "algo.mode=actor_learner", "buffer=none", "exploration.schedule=mnih2016",
+                      "parallelism.num_actors=2", "parallelism.envs_per_actor=1", "algo.t_max=5",
+                      "train.total_env_steps=15000",
+                      expect_roles={"actor-learner-0", "actor-learner-1"})
+    scalars = _scalars(run_dir)
+    for tag in ("train/episode_return", "learner/loss", "eval/mean_return", "actor/policy_lag"):
+        assert tag in scalars
+    returns = scalars["train/episode_return"]
+    assert sum(returns[-20:]) / 20 > 2 * sum(returns[:20]) / 20
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert min(state["learner_updates"]) > 100
+
+
+def test_mnih_final_epsilons_are_drawn_per_process_and_annealed() -> None:
+    import queue
+
+    import numpy as np
+
+    from asyncql_cli.actor import Actor, ActorSettings, ExplorationSettings, draw_final_epsilon
+    from asyncql_cli.process import Counters
+
+    exploration = ExplorationSettings(schedule="mnih2016", apex_base=0.4, apex_alpha=7.0, linear_start=1.0,
+                                      linear_end=0.05, linear_steps=1000)
+    base = ActorSettings(
+        actor_id=0, num_actors=1, envs_per_actor=1, env_id="CartPole-v1", env_kwargs={}, max_episode_steps=None,
+        obs_shape=(4,), num_actions=2, network={"name": "mlp", "hidden": [8], "dueling": False}, gamma=0.99,
+        n_step=1, write_batch=8, weight_sync_steps=100, exploration=exploration, seed=0, replay_ratio=1.0,
+        learning_starts=0, max_update_debt=None,
+    )
+    draws = [draw_final_epsilon(np.random.default_rng(seed), (0.1, 0.01, 0.5), (0.4, 0.3, 0.3))
+             for seed in range(4000)]
+    share = {eps: draws.count(eps) / len(draws) for eps in (0.1, 0.01, 0.5)}
+    assert abs(share[0.1] - 0.4) < 0.03 and abs(share[0.01] - 0.3) < 0.03 and abs(share[0.5] - 0.3) < 0.03
+    counters = Counters(1)
+    actor = Actor(base, None, None, counters, queue.SimpleQueue())
+    assert actor.final_eps in (0.1, 0.01, 0.5)
+    assert actor.epsilons()[0] == pytest.approx(1.0)  # no env steps yet: linear_start
+    counters.env_steps[0] = 500
+    assert actor.epsilons()[0] == pytest.approx((1.0 + actor.final_eps) / 2)
+    counters.env_steps[0] = 5000
+    assert actor.epsilons()[0] == pytest.approx(actor.final_eps)
+
+
+def test_resume_of_shared_learners(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "parallelism.learner_sharing=shared",
+                      "train.total_env_steps=4000", expect_roles={"learner-0", "learner-1"})
+    before = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "asyncql_cli.cli", "train",
+         f"resume={run_dir}", "train.total_env_steps=7000"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    after = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert after["updates"] > before["updates"] and after["env_steps"] >= 7000
+    assert all(a >= b for a, b in zip(after["learner_updates"], before["learner_updates"]))
