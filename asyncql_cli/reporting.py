@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -53,10 +54,24 @@ class Reporter:
         use_rich = mode == "rich" or (mode == "auto" and sys.stderr.isatty())
         self.plain = mode in ("plain", "auto") and not use_rich
         self.live: Optional[Live] = None
+        self._swapped: list[tuple[logging.Logger, logging.Handler, logging.Handler]] = []
         if use_rich:
             self.live = Live(self._panel(0, 0, 0), console=self.console, refresh_per_second=4,
                              transient=False, redirect_stdout=False, redirect_stderr=False)
+            self._route_console_logging()
             self.live.start()
+
+    def _route_console_logging(self) -> None:
+        """While the live display runs, console log lines go through its console, so they
+        print above the display instead of tearing it (file handlers are left alone)."""
+        for logger in (logging.getLogger(), log):
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler:
+                    rich_handler = RichHandler(console=self.console, show_path=False, markup=False)
+                    rich_handler.setLevel(handler.level)
+                    logger.removeHandler(handler)
+                    logger.addHandler(rich_handler)
+                    self._swapped.append((logger, handler, rich_handler))
 
     # -- scalars -------------------------------------------------------------------------
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -129,5 +144,9 @@ class Reporter:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        for logger, original, rich_handler in self._swapped:
+            logger.removeHandler(rich_handler)
+            logger.addHandler(original)
+        self._swapped = []
         self.writer.flush()
         self.writer.close()
