@@ -60,6 +60,7 @@ class ActorSettings:
     max_update_debt: Optional[int]
     compute_priorities: bool = False
     one_network: bool = True  # False with independent learners: each network must keep up
+    learner_ready_rows: int = 0  # rows the learner needs before its first update
 
 
 def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
@@ -200,6 +201,8 @@ class Actor:
         s = self.s
         if s.max_update_debt is None:
             return False
+        if self.storage is not None and self.storage.size() < s.learner_ready_rows:
+            return False  # the learner cannot start yet: waiting for it would deadlock
         learnable = self.counters.total_env_steps() - s.learning_starts
         done = self.counters.updates() if s.one_network else self.counters.slowest_learner_updates()
         return s.replay_ratio * learnable - done > s.max_update_debt
@@ -274,6 +277,7 @@ def actor_main(settings: ActorSettings, storage: ReplayStorage, params: Paramete
         while not stop_event.is_set() and parent_alive(parent_pid):
             counters.beat(slot)
             if actor.learner_owes_updates():
+                actor.flush()  # everything finished is in the replay while we wait
                 time.sleep(0.001)
                 continue
             actor.step()

@@ -52,6 +52,7 @@ def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int,
         max_update_debt=None if a["mode"] == "actor_learner" else plain["actor"]["max_update_debt"],
         compute_priorities=plain["buffer"]["name"] == "prioritized",
         one_network=hogwild(plain) or p["num_learners"] == 1,
+        learner_ready_rows=max(plain["train"]["learning_starts"], a["batch_size"]),
     )
 
 

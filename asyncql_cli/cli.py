@@ -128,7 +128,7 @@ def _train_task(cfg: Any) -> Any:
     log = logging.getLogger("asyncql")
     if multirun:
         sweep.prepare_worker()  # a joblib worker's children must be spawned, not "loky"
-    if multirun and sweep.sweep_interrupted():
+    if multirun and sweep.sweep_interrupted(hydra_cfg):
         log.warning("the sweep was interrupted: skipping this job")
         sweep.record_failure(run_dir, cfg, "skipped", "the sweep was interrupted before this job")
         return sweep.job_result(hydra_cfg, run_dir, 130)

@@ -9,7 +9,7 @@
 - `on_multirun_end` reads every job dir's `summary.json` and `.hydra/overrides.yaml`,
   prints a table of the jobs (best first) and writes the same rows to
   `<sweep dir>/sweep_summary.csv`. The process then exits 0 when every job finished, 130
-  when the sweep was interrupted, 2 when the only failures were bad input, else 1.
+  when the sweep was interrupted, else 1.
 
 The task (`asyncql_cli.cli._train_task`) uses `record_failure` and `job_result` so a failed
 job never aborts the sweep: it gets a summary.json with its error and returns its exit
@@ -38,7 +38,7 @@ log = logging.getLogger("asyncql")
 SUMMARY_FILE = "summary.json"
 SWEEP_CSV = "sweep_summary.csv"
 FINISHED = ("budget", "solved", "max_seconds")  # exit reasons of a job that ended well
-EXIT_CODES = {"interrupted": 130, "skipped": 130, "bad_input": 2}
+INTERRUPTED = ("interrupted", "skipped")
 MAX_NAME = 160  # characters of a job dir name (file names stop at 255 bytes)
 CSV_COLUMNS = (
     "rank", "job", "overrides", "best_eval_return", "best_eval_env_steps",
@@ -46,7 +46,7 @@ CSV_COLUMNS = (
     "wall_seconds", "env_steps_per_sec", "exit_reason", "error", "job_dir", "all_overrides",
 )
 
-_interrupted = False  # a job of this process's sweep was interrupted: skip the rest
+INTERRUPT_MARKER = ".interrupted"  # in the sweep dir: jobs not yet started are skipped
 
 
 # ------------------------------------------------------------------ job dir names
@@ -69,11 +69,24 @@ def _parse(texts: list[str]) -> list[Any]:
 def swept_keys(config: DictConfig) -> frozenset[str]:
     """Keys a sweep varies: sweep overrides of the command line (`seed=0,1`) and the
     sweeper's `params` (Optuna's search space, the basic sweeper's params)."""
-    texts = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-    if isinstance(params, DictConfig):
-        texts += [f"{k}={v}" for k, v in params.items()]
-    return frozenset(o.key_or_group for o in _parse(texts) if o.is_sweep_override())
+    texts = [f"{k}={v}" for k, v in params.items()] if isinstance(params, DictConfig) else []
+    # the command line comes last and wins: a fixed value there takes a key out of the search
+    texts += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    swept: set[str] = set()
+    for override in _parse(texts):
+        if override.is_sweep_override():
+            swept.add(override.key_or_group)
+        else:
+            swept.discard(override.key_or_group)
+    return frozenset(swept)
+
+
+def _short(value: str) -> str:
+    """A float with many digits (Optuna's samples) shortened to 4 significant ones."""
+    if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?", value):
+        return format(float(value), ".4g")
+    return value
 
 
 def job_dirname(_root_: DictConfig) -> str:
@@ -87,7 +100,7 @@ def job_dirname(_root_: DictConfig) -> str:
     exclude = set(OmegaConf.select(_root_, "hydra.job.config.override_dirname.exclude_keys", default=[]) or [])
     texts = [str(o) for o in OmegaConf.select(_root_, "hydra.overrides.task", default=[]) or []]
     items = sorted(
-        f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in _parse(texts)
+        f"{o.get_key_element()}={_short(o.get_value_element_as_str())}" for o in _parse(texts)
         if o.key_or_group not in exclude and (_swept_keys is None or o.key_or_group in _swept_keys)
     )
     name = "_".join(part for part in (env_id, ",".join(items)) if part)
@@ -138,17 +151,29 @@ def is_optuna(hydra_cfg: Any) -> bool:
     return "optuna" in str(target).lower()
 
 
-def sweep_interrupted() -> bool:
-    return _interrupted
+def _marker(hydra_cfg: Any) -> Path:
+    return Path(str(OmegaConf.select(hydra_cfg, "sweep.dir"))) / INTERRUPT_MARKER
+
+
+def mark_interrupted(sweep_dir: Union[str, Path]) -> None:
+    try:
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        (Path(sweep_dir) / INTERRUPT_MARKER).touch()
+    except OSError as exc:
+        log.error("cannot mark the sweep interrupted: %s", exc)
+
+
+def sweep_interrupted(hydra_cfg: Any) -> bool:
+    """Whether this sweep was interrupted (a file, so joblib workers see it too)."""
+    return _marker(hydra_cfg).exists()
 
 
 def job_result(hydra_cfg: Any, run_dir: Union[str, Path], code: int) -> Union[int, float, str]:
     """What a sweep job returns to Hydra: its exit code, or for the Optuna sweeper the
     objective, the best greedy eval return from summary.json. A failed Optuna trial returns
     its error as a string: Optuna records the trial as failed, logs the text, and goes on."""
-    global _interrupted
     if code == 130:
-        _interrupted = True
+        mark_interrupted(_marker(hydra_cfg).parent)
     if not is_optuna(hydra_cfg):
         return code
     summary = _read_json(Path(run_dir) / SUMMARY_FILE) or {}
@@ -249,20 +274,21 @@ def _fmt(value: Any, spec: str = ",.1f") -> str:
 def print_table(rows: list[dict[str, Any]], sweep_dir: Union[str, Path], csv_path: Union[str, Path]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # plain text cells: overrides like network.hidden=[32,32] are no markup
 
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=160)
-    table = Table(title=f"asyncql sweep: {len(rows)} jobs in {sweep_dir}", title_justify="left")
+    table = Table(title=Text(f"asyncql sweep: {len(rows)} jobs in {sweep_dir}"), title_justify="left")
     for name, justify in (("#", "right"), ("job", "right"), ("overrides", "left"),
                           ("best return", "right"), ("steps to best", "right"),
                           ("time to best", "right"), ("solved", "left"), ("env steps", "right"),
                           ("steps/s", "right"), ("exit", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
-        exit_text = row["exit_reason"]
+        exit_text = Text(str(row["exit_reason"]))
         if row.get("error"):
-            exit_text = f"[red]{exit_text}: {row['error']}[/]"
+            exit_text = Text(f"{row['exit_reason']}: {row['error']}", style="red")
         solved = row.get("solved")
         if solved and row.get("solved_env_steps") is not None:
             solved_text = f"at {_fmt(row['solved_env_steps'])} steps, {_fmt(row.get('solved_wall_seconds'))} s"
@@ -270,24 +296,22 @@ def print_table(rows: list[dict[str, Any]], sweep_dir: Union[str, Path], csv_pat
             solved_text = _fmt(solved)
         wall = row.get("best_eval_wall_seconds")
         table.add_row(
-            str(row["rank"]), str(row["job"]), row["overrides"] or "-",
+            str(row["rank"]), Text(str(row["job"])), Text(row["overrides"] or "-"),
             _fmt(row.get("best_eval_return")), _fmt(row.get("best_eval_env_steps")),
             "-" if wall is None else f"{wall:,.1f} s", solved_text, _fmt(row.get("env_steps")),
             _fmt(row.get("env_steps_per_sec"), ",.0f"), exit_text,
         )
     console.print(table)
-    console.print(f"sweep summary: {csv_path}")
+    console.print(f"sweep summary: {csv_path}", markup=False, highlight=False)
 
 
 def sweep_exit_code(rows: list[dict[str, Any]]) -> int:
-    reasons = [row["exit_reason"] for row in rows]
-    failed = [r for r in reasons if r not in FINISHED]
+    """0 when every job finished, 130 when the sweep was interrupted, else 1 (the failed
+    jobs and their errors are in the table: exit 2's one-line contract is for the command)."""
+    failed = [row["exit_reason"] for row in rows if row["exit_reason"] not in FINISHED]
     if not failed:
         return 0
-    codes = {EXIT_CODES.get(r, 1) for r in failed}
-    if 130 in codes:
-        return 130
-    return 2 if codes == {2} else 1
+    return 130 if any(r in INTERRUPTED for r in failed) else 1
 
 
 def write_sweep_summary(sweep_dir: Union[str, Path], show: bool = True) -> list[dict[str, Any]]:
@@ -360,6 +384,47 @@ def processes_per_job(config: DictConfig) -> int:
     return largest("parallelism.num_actors", 1) + largest("parallelism.num_learners", 1)
 
 
+def _worker_pids() -> list[int]:
+    """This process's joblib (loky) worker processes, from /proc (Linux)."""
+    me, pids = os.getpid(), []
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return pids
+    for entry in entries:
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) != me:
+                continue
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if "loky" in cmd and "resource_tracker" not in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def _jobs_at_once(config: DictConfig) -> int:
+    """At most how many jobs the sweeper hands the launcher together: Optuna's n_jobs (its
+    batch), or the basic sweeper's number of jobs (capped by max_batch_size)."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+    batch = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=None)
+    if isinstance(batch, int) and batch > 0:
+        return batch
+    if not isinstance(sweeper, DictConfig) or "BasicSweeper" not in str(sweeper.get("_target_", "")):
+        return 1 << 30  # unknown sweeper: assume the launcher is kept busy
+    count = 1
+    texts = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    for override in _parse(texts):
+        if override.is_sweep_override():
+            try:
+                count *= len(list(override.sweep_iterator()))
+            except Exception:  # a sweep that cannot be listed (an interval): unknown size
+                return 1 << 30
+    max_batch = sweeper.get("max_batch_size")
+    return min(count, max_batch) if isinstance(max_batch, int) and max_batch > 0 else count
+
+
 def _resolve_n_jobs(n_jobs: Any, cores: int) -> int:
     """joblib's meaning: -1 all CPUs, -2 all but one, ...; None 1."""
     if n_jobs is None:
@@ -375,6 +440,54 @@ class SweepCallback(Callback):
         self.core_budget = core_budget
         self.table = table
         self.swept_keys: Optional[frozenset[str]] = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._signals = 0
+        self._sweep_dir = ""
+
+    # -- signals: a sweep stops cleanly ----------------------------------------------
+    def _install_signal_handlers(self, sweep_dir: str) -> None:
+        """Main process of the sweep. A job running here (basic launcher) replaces these
+        handlers with the supervisor's while it runs. Under joblib, the first Ctrl-C
+        must not raise KeyboardInterrupt here: joblib would kill the workers in the middle
+        of their jobs' clean shutdown. The workers got the same SIGINT from the terminal
+        (one process group) and stop their jobs themselves; SIGTERM, which usually reaches
+        this process alone, is passed on to them. Jobs not yet started are skipped
+        (marker file); a second signal forces the exit."""
+        import signal
+
+        self._sweep_dir, self._signals = sweep_dir, 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                return
+
+    def _restore_signal_handlers(self) -> None:
+        import signal
+
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        import signal
+
+        self._signals += 1
+        if self._signals > 1:
+            self._restore_signal_handlers()
+            raise KeyboardInterrupt
+        mark_interrupted(self._sweep_dir)
+        log.warning("%s received: running jobs stop cleanly, the rest of the sweep is skipped "
+                    "(again to force)", signal.Signals(signum).name)
+        if signum == signal.SIGTERM:
+            for pid in _worker_pids():
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled in a launcher's worker before it resolves the job's dirs.
@@ -385,9 +498,9 @@ class SweepCallback(Callback):
 
     # -- start: the core budget ----------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _interrupted, _swept_keys
-        _interrupted = False
+        global _swept_keys
         self.swept_keys = _swept_keys = swept_keys(config)
+        self._install_signal_handlers(str(OmegaConf.select(config, "hydra.sweep.dir")))
         if self.core_budget == "off":
             return
         launcher = OmegaConf.select(config, "hydra.launcher", default=None)
@@ -395,29 +508,31 @@ class SweepCallback(Callback):
             return  # the basic launcher runs one job at a time
         cores = available_cores()
         n_jobs = _resolve_n_jobs(launcher.n_jobs, cores)
+        concurrent = min(n_jobs, _jobs_at_once(config))
         per_job = processes_per_job(config)
-        if n_jobs * per_job <= cores:
+        if concurrent * per_job <= cores:
             log.info("core budget: %d concurrent jobs x %d processes per job <= %d cores",
-                     n_jobs, per_job, cores)
+                     concurrent, per_job, cores)
             return
         fits = max(1, cores // per_job)
-        what = (f"core budget: hydra.launcher.n_jobs={launcher.n_jobs} runs {n_jobs} jobs at once x "
+        what = (f"core budget: hydra.launcher.n_jobs={launcher.n_jobs} runs {concurrent} jobs at once x "
                 f"{per_job} processes per job (parallelism.num_actors + parallelism.num_learners) "
-                f"= {n_jobs * per_job} busy processes on {cores} cores")
-        if self.core_budget == "warn" or fits >= n_jobs:
+                f"= {concurrent * per_job} busy processes on {cores} cores")
+        if self.core_budget == "warn" or fits >= concurrent:
             log.warning("%s: oversubscribed, every job slows down", what)
-            return
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.launcher.n_jobs = fits
-        log.warning("%s; lowered hydra.launcher.n_jobs to %d (pass "
-                    "hydra.callbacks.asyncql_sweep.core_budget=warn to oversubscribe anyway)",
-                    what, fits)
+        else:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.launcher.n_jobs = fits
+            log.warning("%s; lowered hydra.launcher.n_jobs to %d (pass "
+                        "hydra.callbacks.asyncql_sweep.core_budget=warn to oversubscribe anyway)",
+                        what, fits)
         if per_job > cores:
-            log.warning("core budget: one job alone needs %d processes on %d cores; lower "
+            log.warning("core budget: one job alone runs %d processes on %d cores; lower "
                         "parallelism.num_actors", per_job, cores)
 
     # -- end: the table, the csv, the exit code ------------------------------------
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._restore_signal_handlers()
         sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
         rows = write_sweep_summary(sweep_dir, show=self.table)
         code = sweep_exit_code(rows)

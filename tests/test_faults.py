@@ -174,3 +174,13 @@ def test_children_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=10)
     _assert_all_gone([*pids.values(), proc.pid], timeout=5.0)
+
+
+def test_tight_update_debt_before_the_learner_can_start_does_not_deadlock(tmp_path: Path) -> None:
+    # the actor must not wait for a learner that is itself waiting for the actor's data
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=1500", "train.learning_starts=200",
+                           "actor.max_update_debt=20", "parallelism.num_actors=1")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] >= 1500 and summary["updates"] > 100
