@@ -36,25 +36,59 @@ def set_process_title(title: str) -> None:
             pass
 
 
-def _die_with_parent(parent_pid: int) -> None:
+_birth_ppid = 0
+_checked = {"at": 0.0, "alive": True}
+PARENT_CHECK_SECONDS = 0.2
+
+
+def _pid_running(pid: int) -> bool:
+    """True while `pid` runs; a zombie (killed, not yet reaped by its own parent) is dead."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: fall back to a signal-0 probe
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _die_with_parent(main_pid: int) -> None:
+    """SIGTERM when our parent dies. The parent is the forkserver (see builders.py), which
+    itself exits as soon as the main process is gone, so a `kill -9` of the main process
+    takes every child with it."""
+    global _birth_ppid
+    _birth_ppid = os.getppid()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the heartbeat poll in the loops still notices
+    except OSError:  # not Linux: the parent_alive() poll in the loops still notices
         pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if not parent_alive(main_pid):  # it died before prctl took effect
         os._exit(1)
 
 
-def init_child(role: str, parent_pid: int, torch_threads: int) -> None:
+def init_child(role: str, main_pid: int, torch_threads: int) -> None:
     set_process_title(f"asyncql:{role}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(main_pid)
     torch.set_num_threads(torch_threads)
 
 
-def parent_alive(parent_pid: int) -> bool:
-    return os.getppid() == parent_pid
+def parent_alive(main_pid: int) -> bool:
+    """The process that started us and the main process both still run (checked at most
+    every PARENT_CHECK_SECONDS: loops call this every step)."""
+    now = time.monotonic()
+    if now - _checked["at"] >= PARENT_CHECK_SECONDS:
+        _checked["at"] = now
+        _checked["alive"] = os.getppid() == _birth_ppid and _pid_running(main_pid)
+    return _checked["alive"]
 
 
 class Counters:

@@ -118,37 +118,32 @@ class UniformSampler:
         """Rows per segment that may be sampled: committed ones minus the in-flight margin."""
         return cursors.clamp(max=self.storage.segment_size - self.storage.write_batch)
 
+    def _draw(self, count: int, cursors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform (segment, logical position) pairs among the sampleable rows."""
+        window = self._window(cursors)
+        ends = window.cumsum(0)
+        draw = torch.randint(int(ends[-1]), (count,), generator=self.generator)
+        segment = torch.searchsorted(ends, draw, right=True)
+        logical = cursors[segment] - ends[segment] + draw
+        return segment, logical
+
     def sample(self, batch_size: int) -> Optional[Batch]:
         storage = self.storage
+        size, margin = storage.segment_size, storage.write_batch
         cursors = storage.cursors.clone()
-        window = self._window(cursors)
-        total = int(window.sum())
-        if total == 0:
+        if int(self._window(cursors).sum()) == 0:
             return None
-        segment = torch.empty(batch_size, dtype=torch.int64)
-        logical = torch.empty(batch_size, dtype=torch.int64)
-        pending = torch.arange(batch_size)
-        rows: dict[str, torch.Tensor] = {}
-        while pending.numel() > 0:
-            draw = torch.randint(total, (pending.numel(),), generator=self.generator)
-            ends = window.cumsum(0)
-            seg = torch.searchsorted(ends, draw, right=True)
-            segment[pending] = seg
-            logical[pending] = cursors[seg] - window[seg] + (draw - (ends[seg] - window[seg]))
-            slots = segment * storage.segment_size + logical % storage.segment_size
-            gathered = storage.gather(slots[pending])
-            for name, value in gathered.items():
-                if name not in rows:
-                    rows[name] = torch.empty((batch_size, *value.shape[1:]), dtype=value.dtype)
-                rows[name][pending] = value
+        segment, logical = self._draw(batch_size, cursors)
+        rows = storage.gather(segment * size + logical % size)
+        while True:
             after = storage.cursors.clone()
             # A row is safe if no write begun by now (up to cursor + write_batch) reaches it.
-            overwritten = logical[pending] < after[segment[pending]] + storage.write_batch - storage.segment_size
-            pending = pending[overwritten]
+            torn = torch.nonzero(logical < after[segment] + margin - size).flatten()
+            if torn.numel() == 0:
+                break
             # Redraw from the current window: a writer that moved on by more than the window
             # has overwritten every row of the old one, and redrawing there would never end.
-            cursors = after
-            window = self._window(cursors)
-            total = int(window.sum())
-        index = segment * storage.segment_size + logical % storage.segment_size
-        return Batch(**rows, index=index)
+            segment[torn], logical[torn] = self._draw(torn.numel(), after)
+            for name, value in storage.gather(segment[torn] * size + logical[torn] % size).items():
+                rows[name][torn] = value
+        return Batch(**rows, index=segment * size + logical % size)

@@ -444,7 +444,7 @@ class Run:
     def _finish(self, c: Components, start: float) -> int:
         wall = time.monotonic() - start
         steps, updates = c.counters.total_env_steps(), c.counters.updates()
-        if self.error is None and self.interrupts < 2 and self.exit_reason != "interrupted":
+        if self.error is None and self.interrupts < 2 and self.exit_reason not in ("interrupted", "solved"):
             self._evaluate(c, steps)  # the final weights may beat the last timed evaluation
             if self.plain["eval"]["video"]:
                 self._record_video(c, steps, best=True)

@@ -82,7 +82,7 @@ def test_second_ctrl_c_forces_a_fast_exit_without_orphans(tmp_path: Path) -> Non
 
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path: Path) -> None:
-    proc, run_dir = _start(tmp_path, "train.total_env_steps=25000")
+    proc, run_dir = _start(tmp_path, "train.total_env_steps=15000")
     pids = _wait_training(proc, run_dir)
     os.kill(pids["actor-1"], signal.SIGKILL)
     killed = time.monotonic()
@@ -101,7 +101,7 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path: Path) -> None:
 def test_exception_inside_an_env_is_reported_and_the_actor_restarted(tmp_path: Path) -> None:
     flag = tmp_path / "crashed"
     proc, run_dir = _start(
-        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=12000",
+        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=8000",
         env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
     )
     output, _ = proc.communicate(timeout=180)
@@ -115,7 +115,7 @@ def test_exception_inside_an_env_is_reported_and_the_actor_restarted(tmp_path: P
 def test_hung_actor_is_killed_and_restarted(tmp_path: Path) -> None:
     flag = tmp_path / "hung"
     proc, run_dir = _start(
-        tmp_path, "env=gym", "env.id=broken_envs:HangOnce-v0", "train.total_env_steps=12000",
+        tmp_path, "env=gym", "env.id=broken_envs:HangOnce-v0", "train.total_env_steps=8000",
         "parallelism.heartbeat_timeout_seconds=3",
         env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
     )
@@ -129,7 +129,7 @@ def test_hung_actor_is_killed_and_restarted(tmp_path: Path) -> None:
 def test_actor_restart_budget_spent_stops_the_run_with_exit_1(tmp_path: Path) -> None:
     flag = tmp_path / "crashed"
     proc, run_dir = _start(
-        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=12000",
+        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=8000",
         "parallelism.max_actor_restarts=0",
         env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
     )

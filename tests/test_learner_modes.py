@@ -43,7 +43,7 @@ def _weights(path: Path) -> torch.Tensor:
 
 
 def test_independent_learners_train_two_different_networks_from_one_replay(tmp_path: Path) -> None:
-    run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "train.total_env_steps=12000",
+    run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "train.total_env_steps=8000",
                       expect_roles={"learner-0", "learner-1", "actor-0", "actor-1"})
     first, second = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.learner1.pt"
     assert not torch.allclose(_weights(first), _weights(second))
@@ -62,7 +62,7 @@ def test_independent_learners_train_two_different_networks_from_one_replay(tmp_p
 
 def test_shared_learners_write_one_network_concurrently(tmp_path: Path) -> None:
     run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "parallelism.learner_sharing=shared",
-                      "train.total_env_steps=8000", expect_roles={"learner-0", "learner-1"})
+                      "train.total_env_steps=5000", expect_roles={"learner-0", "learner-1"})
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     per_learner = state["learner_updates"]
     assert len(per_learner) == 2 and min(per_learner) > 200
@@ -120,14 +120,14 @@ def test_mnih_final_epsilons_are_drawn_per_process_and_annealed() -> None:
 
 def test_resume_of_shared_learners(tmp_path: Path) -> None:
     run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "parallelism.learner_sharing=shared",
-                      "train.total_env_steps=4000", expect_roles={"learner-0", "learner-1"})
+                      "train.total_env_steps=3000", expect_roles={"learner-0", "learner-1"})
     before = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     resumed = subprocess.run(
         [sys.executable, "-m", "asyncql_cli.cli", "train",
-         f"resume={run_dir}", "train.total_env_steps=7000"],
+         f"resume={run_dir}", "train.total_env_steps=5000"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     after = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert after["updates"] > before["updates"] and after["env_steps"] >= 7000
+    assert after["updates"] > before["updates"] and after["env_steps"] >= 5000
     assert all(a >= b for a, b in zip(after["learner_updates"], before["learner_updates"]))

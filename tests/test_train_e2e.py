@@ -39,7 +39,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run_dir = cwd / "run"
     proc = start_train(
         ["env=CartPole-v1", "parallelism.num_actors=3", "parallelism.envs_per_actor=4",
-         "train.total_env_steps=30000", "eval.interval_seconds=3", "train.progress=plain",
+         "train.total_env_steps=20000", "eval.interval_seconds=3", "train.progress=plain",
          f"hydra.run.dir={run_dir}"],
         cwd,
     )
@@ -74,10 +74,10 @@ def test_returns_rose_and_contract_tags_are_written(trained_run: dict) -> None:
     early, late = statistics.fmean(returns[:50]), statistics.fmean(returns[-50:])
     assert late > 2 * early and late > 60, (early, late)
     steps = [step for step, _ in scalars["train/episode_return"]]
-    assert steps == sorted(steps) and steps[-1] >= 29_000
+    assert steps == sorted(steps) and steps[-1] >= 19_000
     summary = json.loads((trained_run["run_dir"] / "summary.json").read_text())
     assert summary["exit_reason"] == "budget"
-    assert summary["env_steps"] >= 30_000 and summary["updates"] > 1000
+    assert summary["env_steps"] >= 20_000 and summary["updates"] > 1000
     assert summary["best_eval_return"] >= 150, summary
 
 
