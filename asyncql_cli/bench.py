@@ -46,18 +46,19 @@ from rich.console import Console
 from rich.table import Table
 
 from asyncql_cli.actor import Actor, actor_main
+from asyncql_cli.builders import (
+    Components,
+    build_actor_settings,
+    build_learner_settings,
+    connect_components,
+    stop_process_server,
+)
 from asyncql_cli.checkpoint import write_json
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import EnvSpec, inspect_env, make_vector_env
 from asyncql_cli.learner import Learner, resolve_device
 from asyncql_cli.networks import build_network
 from asyncql_cli.replay import UniformSampler
-from asyncql_cli.supervisor import (
-    Components,
-    build_actor_settings,
-    build_learner_settings,
-    connect_components,
-)
 
 PARTS = ("env", "actor", "replay", "learner")
 STARTUP_TIMEOUT_SECONDS = 120.0  # spawned actors import torch and gymnasium first
@@ -357,6 +358,7 @@ def stop_processes(c: Components, timeout: float) -> None:
     _drain(c.stats)
     c.stats.close()
     c.stats.join_thread()
+    stop_process_server()
 
 
 def bench_actor_processes(plain: dict[str, Any], spec: EnvSpec, count: int, seconds: float) -> Result:

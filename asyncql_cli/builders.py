@@ -176,6 +176,16 @@ def process_context() -> Any:
     return ctx
 
 
+def stop_process_server() -> None:
+    """Stop the forkserver once every child has been joined, so a run that ends leaves no
+    process behind even inside a long-lived Python process (tests, sweeps, notebooks)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None and hasattr(server, "_stop"):
+        server._stop()
+
+
 def connect_components(plain: dict[str, Any], spec: EnvSpec, serial: bool) -> Components:
     """All shared state of a run, and who writes it:
     - replay storage: one ring segment per actor, written only by that actor (no replay

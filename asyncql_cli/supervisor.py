@@ -42,6 +42,7 @@ from asyncql_cli.builders import (
     checkpoint_meta,
     connect_components,
     hogwild,
+    stop_process_server,
 )
 from asyncql_cli.checkpoint import (
     check_compatible,
@@ -182,6 +183,8 @@ class Run:
         if hasattr(c.stats, "close"):
             c.stats.close()
             c.stats.join_thread()
+        if not any(p.is_alive() for p in c.processes.values()):
+            stop_process_server()
 
     # -- stats -----------------------------------------------------------------------
     def _drain(self, c: Components) -> None:
