@@ -45,12 +45,23 @@ class ParameterStore:
         self.meta[UPDATES] = updates
         self.meta[VERSION] += 1
 
+    def _read_buffer(self) -> torch.Tensor:
+        """A private copy target, allocated once per reader process (not pickled along)."""
+        if getattr(self, "_buffer", None) is None:
+            self._buffer = torch.empty_like(self.flat)
+        return self._buffer
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_buffer", None)
+        return state
+
     def read_into(self, model: nn.Module, timeout: float = 1.0) -> Optional[int]:
         """Reader side. Load a consistent copy into `model`; return the learner update count
         the weights belong to, or None if nothing has been published yet (or no consistent
         copy could be taken within `timeout`)."""
         deadline = time.monotonic() + timeout
-        buffer = torch.empty_like(self.flat)
+        buffer = self._read_buffer()
         while True:
             before = int(self.meta[VERSION])
             if before > 0 and before % 2 == 0:
