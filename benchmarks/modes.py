@@ -35,6 +35,7 @@ def run_one(env: str, mode: str, seed: int, max_seconds: float, out: Path) -> di
     run_dir = out / "runs" / env / mode.split()[0] / f"seed{seed}"
     command = [sys.executable, "-m", "asyncql_cli.cli", "train", f"env={env}", f"seed={seed}",
                f"train.stop_at_return={SOLVED[env]}", f"train.max_seconds={max_seconds}",
+               "train.total_env_steps=1000000000",  # every mode stops on solving or on the time cap
                "train.progress=none", "eval.interval_seconds=2", f"hydra.run.dir={run_dir}", *MODES[mode]]
     launched = time.time()
     code = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
