@@ -115,9 +115,9 @@ def test_exception_inside_an_env_is_reported_and_the_actor_restarted(tmp_path: P
 def test_hung_actor_is_killed_and_restarted(tmp_path: Path) -> None:
     flag = tmp_path / "hung"
     proc, run_dir = _start(
-        tmp_path, "env=gym", "env.id=broken_envs:HangOnce-v0", "train.total_env_steps=8000",
-        "parallelism.heartbeat_timeout_seconds=3",
-        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
+        tmp_path, "env=gym", "env.id=broken_envs:HangOnce-v0", "train.total_env_steps=15000",
+        "parallelism.heartbeat_timeout_seconds=2",
+        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "500"},
     )
     output, _ = proc.communicate(timeout=180)
     assert flag.exists()

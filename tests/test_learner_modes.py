@@ -53,7 +53,7 @@ def test_independent_learners_train_two_different_networks_from_one_replay(tmp_p
     scalars = _scalars(run_dir)
     for index in (0, 1):
         evals = scalars[f"learner{index}/eval_mean_return"]
-        assert max(evals[1:]) > evals[0] + 50, (index, evals)  # both networks improved
+        assert max(evals) >= 150, (index, evals)  # both networks learned (a random policy scores ~20)
         assert f"learner{index}/loss" in scalars
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_eval_return"] == pytest.approx(max(max(scalars[f"learner{i}/eval_mean_return"])

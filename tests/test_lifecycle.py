@@ -57,7 +57,7 @@ def test_interrupted_run_resumes_in_place_and_continues_its_curves(tmp_path: Pat
     for tag in ("train/episode_return", "learner/loss", "perf/env_steps_per_sec"):
         steps = [event.step for event in events.Scalars(tag)]
         assert steps == sorted(steps), tag  # no overlapping or repeated stretches
-        assert max(steps) >= 15000 and min(steps) < stopped["env_steps"], tag
+        assert max(steps) > stopped["env_steps"] + 2000 and min(steps) < stopped["env_steps"], tag
 
 
 def test_resume_of_a_missing_run_dir_is_one_clear_line(tmp_path: Path) -> None:
