@@ -98,31 +98,21 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path: Path) -> None:
     _assert_all_gone(list(pids.values()))
 
 
-def test_exception_inside_an_env_is_reported_and_the_actor_restarted(tmp_path: Path) -> None:
-    flag = tmp_path / "crashed"
+@pytest.mark.parametrize(("env_id", "extra", "crash_after", "logged"), [
+    ("CrashOnce-v0", [], "1500", "boom: the env exploded"),  # an exception inside the env
+    ("HangOnce-v0", ["parallelism.heartbeat_timeout_seconds=2"], "500", "(hung); killed"),  # a wedged env
+])
+def test_broken_env_actor_is_reported_and_restarted(tmp_path: Path, env_id: str, extra: list[str],
+                                                    crash_after: str, logged: str) -> None:
+    flag = tmp_path / "broke"
     proc, run_dir = _start(
-        tmp_path, "env=gym", "env.id=broken_envs:CrashOnce-v0", "train.total_env_steps=8000",
-        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "1500"},
+        tmp_path, "env=gym", f"env.id=broken_envs:{env_id}", "train.total_env_steps=15000", *extra,
+        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": crash_after},
     )
     output, _ = proc.communicate(timeout=180)
     assert flag.exists()
     assert proc.returncode == 0, output[-3000:]
-    log = (run_dir / "train.log").read_text()
-    assert "boom: the env exploded" in log
-    assert json.loads((run_dir / "summary.json").read_text())["actor_restarts"] == 1
-
-
-def test_hung_actor_is_killed_and_restarted(tmp_path: Path) -> None:
-    flag = tmp_path / "hung"
-    proc, run_dir = _start(
-        tmp_path, "env=gym", "env.id=broken_envs:HangOnce-v0", "train.total_env_steps=15000",
-        "parallelism.heartbeat_timeout_seconds=2",
-        env={"ASYNCQL_TEST_CRASH_FLAG": str(flag), "ASYNCQL_TEST_CRASH_AFTER": "500"},
-    )
-    output, _ = proc.communicate(timeout=180)
-    assert flag.exists()
-    assert proc.returncode == 0, output[-3000:]
-    assert "(hung); killed" in (run_dir / "train.log").read_text()
+    assert logged in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "summary.json").read_text())["actor_restarts"] == 1
 
 
