@@ -138,16 +138,21 @@ class Actor:
         params: Optional[ParameterStore],
         counters: Counters,
         stats_queue: Any,
+        q_net: Optional[torch.nn.Module] = None,
     ):
         """`storage=None` keeps transitions for the caller (`take_transitions`, actor-learner
-        mode); `params=None` acts with `q_net` as it is (set by the caller)."""
+        mode). With `params=None` the actor acts with `q_net`, a network someone else keeps
+        current (the shared Hogwild network), instead of syncing a private copy."""
         s = settings
         self.s, self.storage, self.params, self.counters, self.stats = (
             settings, storage, params, counters, stats_queue
         )
         self.envs = make_vector_env(s.env_id, s.envs_per_actor, s.env_kwargs, s.max_episode_steps)
-        self.q_net = build_network(s.network, s.obs_shape, s.num_actions)
-        self.q_net.requires_grad_(False)
+        if q_net is None:
+            self.q_net = build_network(s.network, s.obs_shape, s.num_actions)
+            self.q_net.requires_grad_(False)
+        else:
+            self.q_net = q_net
         self.rng = np.random.default_rng(s.seed)
         self.accumulator = NStepAccumulator(s.envs_per_actor, s.n_step, s.gamma)
         slots = s.num_actors * s.envs_per_actor
@@ -167,7 +172,9 @@ class Actor:
         self.outbox: list[tuple] = []
         self.steps = 0
         self.steps_since_sync = 0
-        self.weights_updates: Optional[int] = None
+        # learner updates behind the weights acted with; None: nothing published yet (act randomly)
+        self.weights_updates: Optional[int] = None if q_net is None else 0
+        self.learner_ready = storage is None
 
     def epsilons(self) -> np.ndarray:
         if self.fixed_eps is not None:
@@ -178,8 +185,6 @@ class Actor:
         return np.full(self.s.envs_per_actor, eps)
 
     def sync_weights(self) -> None:
-        if self.params is None:
-            return
         updates = self.params.read_into(self.q_net)
         if updates is not None:
             self.weights_updates = updates
@@ -201,15 +206,19 @@ class Actor:
         s = self.s
         if s.max_update_debt is None:
             return False
-        if self.storage is not None and self.storage.size() < s.learner_ready_rows:
-            return False  # the learner cannot start yet: waiting for it would deadlock
+        if not self.learner_ready:  # until the learner can start, waiting for it would deadlock
+            self.learner_ready = self.storage.size() >= s.learner_ready_rows
+            if not self.learner_ready:
+                return False
         learnable = self.counters.total_env_steps() - s.learning_starts
         done = self.counters.updates() if s.one_network else self.counters.slowest_learner_updates()
         return s.replay_ratio * learnable - done > s.max_update_debt
 
     def step(self) -> None:
         """One vector-env step of all envs of this actor."""
-        if self.steps_since_sync >= self.s.weight_sync_steps or self.weights_updates is None:
+        if self.params is not None and (
+            self.steps_since_sync >= self.s.weight_sync_steps or self.weights_updates is None
+        ):
             self.sync_weights()
         eps = self.epsilons()
         actions = self.select_actions(eps)

@@ -54,9 +54,8 @@ class ActorLearner:
         self.s, self.shared, self.params, self.counters = settings, shared, params, counters
         self.index = settings.actor.actor_id
         self.primary = self.index == 0
-        self.actor = Actor(settings.actor, None, None, counters, stats_queue)
-        self.actor.q_net = shared.q_net  # act with the shared weights, as the paper's threads do
-        self.actor.weights_updates = 0
+        # act with the shared weights, as the paper's threads do
+        self.actor = Actor(settings.actor, None, None, counters, stats_queue, q_net=shared.q_net)
         self.updates = 0
         self.skipped = 0
         self.target_copies = counters.total_env_steps() // settings.target_update

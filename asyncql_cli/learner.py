@@ -156,6 +156,7 @@ class Learner:
             # fused Adam: one kernel for all parameters, a large share of a small net's step time
             self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=s.lr, eps=s.adam_eps, fused=True)
         self.target_copies = 0
+        self.ready = False
         self.sampler: UniformSampler | PrioritizedSampler
         if s.prioritized:
             self.sampler = PrioritizedSampler(storage, s.seed, s.alpha, s.priority_eps)
@@ -190,8 +191,10 @@ class Learner:
     def data_allows_update(self) -> bool:
         """Ready once `learning_starts` rows exist; then at most replay_ratio updates per env
         step for each network (shared learners hold the ratio together)."""
-        if self.storage.size() < max(self.s.learning_starts, self.s.batch_size):
-            return False
+        if not self.ready:  # the replay only grows: once ready, no need to look again
+            self.ready = self.storage.size() >= max(self.s.learning_starts, self.s.batch_size)
+            if not self.ready:
+                return False
         learnable = self.counters.total_env_steps() - self.s.learning_starts
         return self.global_updates() < self.s.replay_ratio * max(learnable, 0) + 1
 

@@ -105,10 +105,11 @@ class Run:
             log.warning("second interrupt: forcing exit")
 
     # -- processes -------------------------------------------------------------------
-    def _start(self, c: Components, role: str, target: Any, args: tuple) -> None:
+    def _start(self, c: Components, role: str, target: Any, components: tuple, extra: tuple) -> None:
+        """Every entry point takes (its components..., stats, stop, main pid, threads, extra...)."""
+        wiring = (c.stats, c.stop, os.getpid(), self.plain["parallelism"]["torch_threads"])
         proc = c.ctx.Process(target=target, name=f"asyncql:{role}", daemon=True,
-                             args=(*args[:-1], c.stats, c.stop, os.getpid(),
-                                   self.plain["parallelism"]["torch_threads"], *args[-1]))
+                             args=(*components, *wiring, *extra))
         _start_ignoring_sigint(proc)
         c.processes[role] = proc
         log.info("%s started (pid %d)", role, proc.pid)
@@ -121,17 +122,17 @@ class Run:
             settings = build_actor_learner_settings(self.plain, self.spec, self.run_dir, actor_id, self.generation)
             updates = int(c.counters.learner_updates[actor_id])
             self._start(c, f"actor-learner-{actor_id}", actor_learner_main,
-                        (settings, c.shared, c.params, c.counters, (start, updates)))
+                        (settings, c.shared, c.params, c.counters), (start, updates))
         else:
             settings = build_actor_settings(self.plain, self.spec, actor_id, self.generation)
             self._start(c, f"actor-{actor_id}", actor_main,
-                        (settings, c.storage, c.store_for_actor(actor_id), c.counters, (start,)))
+                        (settings, c.storage, c.store_for_actor(actor_id), c.counters), (start,))
 
     def _spawn_learner(self, c: Components, index: int, resume_state: Optional[dict]) -> None:
         settings = build_learner_settings(self.plain, self.spec, self.run_dir, self.generation, index)
         store = c.params if c.shared is not None else c.stores[index]
         self._start(c, f"learner-{index}", learner_main,
-                    (settings, c.storage, store, c.counters, (resume_state, c.shared)))
+                    (settings, c.storage, store, c.counters), (resume_state, c.shared))
         log.info("learner-%d device: %s", index, "cpu (shared, Hogwild)" if c.shared else settings.device)
 
     def _kill_hung(self, c: Components) -> None:
