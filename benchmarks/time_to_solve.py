@@ -193,14 +193,22 @@ def asyncql_curve(run_dir: Path, launch_epoch: float) -> list[list[float]]:
             for e in events.Scalars("eval/mean_return")]
 
 
-def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, out_dir: Path) -> RunResult:
-    run_dir = _fresh_dir(out_dir / "runs" / "asyncql" / f"seed{seed}")
-    result = RunResult("asyncql", seed, str(run_dir), load_before=list(os.getloadavg()))
-    cmd = asyncql_command(env_id, seed, threshold, max_seconds, run_dir)
+def _timed_run(tool: str, seed: int, run_dir: Path, cmd: list[str],
+               max_seconds: float) -> tuple[RunResult, float, bool]:
+    """Launch one tool's run as its own process; the result holds the timing and load."""
+    result = RunResult(tool, seed, str(run_dir), load_before=list(os.getloadavg()))
     launch, elapsed, rc, timed_out = _timed_process(cmd, run_dir.parent / f"seed{seed}.log",
                                                     max_seconds + GRACE_SECONDS)
     result.load_after = list(os.getloadavg())
     result.returncode, result.launch_to_exit_seconds = rc, elapsed
+    return result, launch, timed_out
+
+
+def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, out_dir: Path) -> RunResult:
+    run_dir = _fresh_dir(out_dir / "runs" / "asyncql" / f"seed{seed}")
+    cmd = asyncql_command(env_id, seed, threshold, max_seconds, run_dir)
+    result, launch, timed_out = _timed_run("asyncql", seed, run_dir, cmd, max_seconds)
+    rc = result.returncode
     summary_file = run_dir / "summary.json"
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
@@ -241,12 +249,9 @@ def run_sb3(env_id: str, seed: int, threshold: float, max_seconds: float, out_di
             threads: Optional[int]) -> RunResult:
     run_dir = _fresh_dir(out_dir / "runs" / "sb3" / f"seed{seed}")
     run_dir.mkdir()
-    result = RunResult("sb3", seed, str(run_dir), load_before=list(os.getloadavg()))
     cmd = sb3_command(env_id, seed, threshold, max_seconds, run_dir, eval_freq, threads)
-    launch, elapsed, rc, timed_out = _timed_process(cmd, run_dir.parent / f"seed{seed}.log",
-                                                    max_seconds + GRACE_SECONDS)
-    result.load_after = list(os.getloadavg())
-    result.returncode, result.launch_to_exit_seconds = rc, elapsed
+    result, launch, timed_out = _timed_run("sb3", seed, run_dir, cmd, max_seconds)
+    rc = result.returncode
     report_file = run_dir / "worker.json"
     if report_file.is_file():
         report = json.loads(report_file.read_text())
