@@ -4,6 +4,8 @@ unknown keys and wrong types while composing. In-process: no subprocess, no trai
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import compose_config, config_groups, has_gpu
 from hydra.errors import HydraException
@@ -47,6 +49,40 @@ def test_default_config_validates() -> None:
     validate(cfg)
     assert cfg.env.id == "CartPole-v1"
     assert cfg.parallelism.name == "local"
+
+
+def _env_file_values(option: str) -> dict:
+    """The dotted keys an env file sets outside `env:` (its tuned network/buffer/algo values)."""
+    import yaml
+
+    from asyncql_cli.cli import config_dir
+
+    data = yaml.safe_load((Path(config_dir()) / "env" / f"{option}.yaml").read_text()) or {}
+    flat: dict = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        else:
+            flat[prefix] = value
+
+    walk("", {k: v for k, v in data.items() if k not in ("env", "defaults")})
+    return flat
+
+
+@pytest.mark.parametrize("option", [o for o in config_groups()["env"] if o != "gym"])
+def test_env_file_values_win_over_group_defaults(option: str) -> None:
+    """An env file's tuned values (e.g. network.hidden) must survive the network/buffer group
+    files composed with it; the command line still wins over both."""
+    from omegaconf import OmegaConf
+
+    expected = _env_file_values(option)
+    assert expected, f"{option} sets no tuned values"
+    cfg = compose_config([f"env={option}", "buffer=prioritized"])
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    assert compose_config([f"env={option}", "network.hidden=[7]"]).network.hidden == [7]
 
 
 @pytest.mark.parametrize("option", config_groups()["parallelism"])
