@@ -60,6 +60,7 @@ class ActorLearner:
         self.skipped = 0
         self.target_copies = counters.total_env_steps() // settings.target_update
         self.stats_window = UpdateStats(self.index, settings.stats_interval_seconds, stats_queue)
+        self.parameters = list(self.shared.q_net.parameters())
 
     def step(self) -> bool:
         """t_max vector steps of acting, then one Hogwild gradient step on what was seen."""
@@ -72,10 +73,11 @@ class ActorLearner:
         out = td_loss(self.shared.q_net, self.shared.target_net, rows["obs"], rows["action"],
                       rows["reward"], rows["next_obs"], rows["discount"], self.s.double, self.s.loss,
                       self.s.huber_delta)
-        if not loss_is_finite(out.loss, self.counters.updates() + 1, self.s.nonfinite):
+        loss = out.loss.item()
+        if not loss_is_finite(loss, self.counters.updates() + 1, self.s.nonfinite):
             self.skipped += 1
             return False
-        grad_norm = apply_gradients(self.shared.q_net, self.shared.optimizer, out.loss, self.s.max_grad_norm)
+        grad_norm = apply_gradients(self.parameters, self.shared.optimizer, out.loss, self.s.max_grad_norm)
         self.updates += 1
         self.counters.learner_updates[self.index] = self.updates
         self.counters.actor_updates[self.index] = self.counters.updates()
@@ -86,7 +88,7 @@ class ActorLearner:
                 self.target_copies = copies
             if self.updates % self.s.publish_interval == 0:
                 self.publish()
-        self.stats_window.add(out.loss.item(), out.q_mean.item(), grad_norm, self.updates, self.skipped)
+        self.stats_window.add(loss, out.q_mean.item(), grad_norm, self.updates, self.skipped)
         return True
 
     def publish(self) -> None:

@@ -51,13 +51,13 @@ from asyncql_cli.builders import (
     build_actor_settings,
     build_learner_settings,
     connect_components,
-    stop_process_server,
 )
 from asyncql_cli.checkpoint import write_json
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import EnvSpec, inspect_env, make_vector_env
 from asyncql_cli.learner import Learner, resolve_device
 from asyncql_cli.networks import build_network
+from asyncql_cli.process_server import stop_process_server
 from asyncql_cli.replay import UniformSampler
 
 PARTS = ("env", "actor", "replay", "learner")

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch.multiprocessing as mp
-
 from asyncql_cli.actor import ActorSettings, ExplorationSettings
 from asyncql_cli.actor_learner import ActorLearnerSettings
 from asyncql_cli.config import BadInput
@@ -25,6 +23,7 @@ from asyncql_cli.learner import LearnerSettings
 from asyncql_cli.networks import build_network, num_parameters
 from asyncql_cli.params import ParameterStore
 from asyncql_cli.process import Counters
+from asyncql_cli.process_server import process_context
 from asyncql_cli.replay import ReplayStorage
 
 MEMORY_HEADROOM = 1.2
@@ -161,29 +160,6 @@ class Components:
 
     def replay_size(self) -> int:
         return 0 if self.storage is None else self.storage.size()
-
-
-# Modules every child needs; the forkserver imports them once, children start in milliseconds.
-CHILD_PRELOAD = ["torch", "gymnasium", "asyncql_cli.actor", "asyncql_cli.learner", "asyncql_cli.actor_learner"]
-
-
-def process_context() -> Any:
-    """Children are forked from a forkserver: a clean process started (spawn-like) once per
-    main process that imported torch but never touched CUDA or the main's state, so it is as
-    safe as spawn and starts each child without re-importing torch (seconds on a small machine)."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(CHILD_PRELOAD)
-    return ctx
-
-
-def stop_process_server() -> None:
-    """Stop the forkserver once every child has been joined, so a run that ends leaves no
-    process behind even inside a long-lived Python process (tests, sweeps, notebooks)."""
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    if server is not None and getattr(server, "_forkserver_pid", None) is not None and hasattr(server, "_stop"):
-        server._stop()
 
 
 def connect_components(plain: dict[str, Any], spec: EnvSpec, serial: bool) -> Components:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from asyncql_cli.config import BadInput
+from asyncql_cli.process_server import start_process_server, stop_process_server
 
 EXIT_BAD_INPUT = 2
 VERBS = ("train", "eval", "bench")
@@ -135,6 +136,8 @@ def _train_task(cfg: Any) -> Any:
     log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         validate(cfg)  # before importing torch and the supervisor: config errors fail fast
+        if cfg.parallelism.name != "serial":
+            start_process_server()  # imports torch for the children while we import it here
         from asyncql_cli.supervisor import train
 
         code = train(cfg, run_dir)
@@ -151,6 +154,8 @@ def _train_task(cfg: Any) -> Any:
             raise
         sweep.record_failure(run_dir, cfg, "error", f"{type(exc).__name__}: {_one_line(exc)}")
         code = 1
+    finally:
+        stop_process_server()  # the run stops it after joining its children; not if it failed before
     if multirun:
         return sweep.job_result(hydra_cfg, run_dir, code)
     raise SystemExit(code)

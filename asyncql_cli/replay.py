@@ -108,42 +108,49 @@ class ReplayStorage:
 
 
 class UniformSampler:
-    """Uniform sampling over every committed, not-being-overwritten row of the storage."""
+    """Uniform sampling over every committed, not-being-overwritten row of the storage.
+
+    Index arithmetic is done in numpy on a copy of the cursors (a handful of rows: numpy's
+    per-call cost is a fraction of torch's, and this runs once per update)."""
 
     def __init__(self, storage: ReplayStorage, seed: int):
         self.storage = storage
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _window(self, cursors: torch.Tensor) -> torch.Tensor:
+    def _window(self, cursors: np.ndarray) -> np.ndarray:
         """Rows per segment that may be sampled: committed ones minus the in-flight margin."""
-        return cursors.clamp(max=self.storage.segment_size - self.storage.write_batch)
+        return np.minimum(cursors, self.storage.segment_size - self.storage.write_batch)
 
-    def _draw(self, count: int, cursors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self, count: int, cursors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Uniform (segment, logical position) pairs among the sampleable rows."""
-        window = self._window(cursors)
-        ends = window.cumsum(0)
-        draw = torch.randint(int(ends[-1]), (count,), generator=self.generator)
-        segment = torch.searchsorted(ends, draw, right=True)
+        ends = self._window(cursors).cumsum()
+        draw = torch.randint(int(ends[-1]), (count,), generator=self.generator).numpy()
+        segment = np.searchsorted(ends, draw, side="right")
         logical = cursors[segment] - ends[segment] + draw
         return segment, logical
+
+    def _slots(self, segment: np.ndarray, logical: np.ndarray) -> torch.Tensor:
+        size = self.storage.segment_size
+        return torch.from_numpy(segment * size + logical % size)
 
     def sample(self, batch_size: int) -> Optional[Batch]:
         storage = self.storage
         size, margin = storage.segment_size, storage.write_batch
-        cursors = storage.cursors.clone()
+        cursors = storage.cursors.numpy().copy()
         if int(self._window(cursors).sum()) == 0:
             return None
         segment, logical = self._draw(batch_size, cursors)
-        rows = storage.gather(segment * size + logical % size)
+        rows = storage.gather(self._slots(segment, logical))
         while True:
-            after = storage.cursors.clone()
+            after = storage.cursors.numpy().copy()
             # A row is safe if no write begun by now (up to cursor + write_batch) reaches it.
-            torn = torch.nonzero(logical < after[segment] + margin - size).flatten()
-            if torn.numel() == 0:
+            torn = np.flatnonzero(logical < after[segment] + margin - size)
+            if torn.size == 0:
                 break
             # Redraw from the current window: a writer that moved on by more than the window
             # has overwritten every row of the old one, and redrawing there would never end.
-            segment[torn], logical[torn] = self._draw(torn.numel(), after)
-            for name, value in storage.gather(segment[torn] * size + logical[torn] % size).items():
-                rows[name][torn] = value
-        return Batch(**rows, index=segment * size + logical % size)
+            segment[torn], logical[torn] = self._draw(torn.size, after)
+            redrawn = torch.from_numpy(torn)
+            for name, value in storage.gather(self._slots(segment[torn], logical[torn])).items():
+                rows[name][redrawn] = value
+        return Batch(**rows, index=self._slots(segment, logical))

@@ -42,7 +42,6 @@ from asyncql_cli.builders import (
     checkpoint_meta,
     connect_components,
     hogwild,
-    stop_process_server,
 )
 from asyncql_cli.checkpoint import (
     check_compatible,
@@ -58,6 +57,7 @@ from asyncql_cli.evaluate import evaluate
 from asyncql_cli.hogwild import load_into_shared
 from asyncql_cli.learner import Learner, last_checkpoint_name, learner_main
 from asyncql_cli.networks import build_network
+from asyncql_cli.process_server import stop_process_server
 from asyncql_cli.replay import replay_bytes
 from asyncql_cli.reporting import Reporter
 from asyncql_cli.video import record_to_run
