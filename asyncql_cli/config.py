@@ -114,6 +114,7 @@ class TrainConfig:
 class EvalConfig:
     interval_seconds: float = 5.0
     episodes: int = 10
+    confirm_episodes: int = 100
     seed: int = 1_000_000
     video: bool = False
     video_episodes: int = 1
@@ -174,7 +175,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "algo.lr_final", "parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed",
-    "eval.seed", "exploration.apex_alpha",
+    "eval.seed", "exploration.apex_alpha", "eval.confirm_episodes",
 )
 UNIT_INTERVAL = (
     "algo.gamma", "buffer.beta", "buffer.beta_final", "exploration.apex_base",

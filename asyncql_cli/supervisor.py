@@ -234,9 +234,21 @@ class Run:
         best_index = -negative_index
         self.eval_net = self.eval_nets[best_index]
         self.reporter.scalar("eval/mean_return", mean, steps)
+        episodes, seed = ev["episodes"], ev["seed"]
+        log.info("eval at %d env steps (%d updates): mean return %.1f over %d episodes",
+                 steps, updates, mean, episodes)
+        solved_return = env["solved_return"]
+        threshold = self.plain["train"]["stop_at_return"]
+        threshold = solved_return if threshold is None else threshold
+        if ev["confirm_episodes"] and threshold is not None and mean >= threshold:
+            # confirm on fresh episodes (seeds after the periodic ones) before it counts
+            episodes, seed = ev["confirm_episodes"], ev["seed"] + ev["episodes"]
+            mean = evaluate(self.eval_net, self.spec.env_id, env["kwargs"],
+                            ev["max_episode_steps"] or env["max_episode_steps"], episodes, seed).mean
+            self.reporter.scalar("eval/confirmed_mean_return", mean, steps)
+            log.info("confirmation at %d env steps: mean return %.1f over %d episodes", steps, mean, episodes)
         self.reporter.eval_return = mean
         wall = time.monotonic() - self.reporter.start
-        solved_return = env["solved_return"]
         if self.solved_at is None and solved_return is not None and mean >= solved_return:
             self.solved_at = (steps, wall)
         if self.best_eval is None or mean > self.best_eval:
@@ -248,10 +260,8 @@ class Run:
                      "q_net": {k: v.clone() for k, v in self.eval_net.state_dict().items()},
                      "updates": updates, "env_steps": steps, "eval_return": mean,
                      "learner_index": best_index,
-                     "eval_episodes": ev["episodes"], "eval_seed": ev["seed"]}
+                     "eval_episodes": episodes, "eval_seed": seed}
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
-        log.info("eval at %d env steps (%d updates): mean return %.1f over %d episodes",
-                 steps, updates, mean, ev["episodes"])
         return mean
 
     def _record_video(self, c: Components, steps: int, best: bool = False) -> None:

@@ -118,3 +118,31 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) ->
         save_checkpoint(path, {"updates": 2, "bad": Boom()})
     assert load_checkpoint(path)["updates"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("confirm", [100, 0])
+def test_stop_at_return_is_confirmed_on_fresh_episodes_before_it_counts(tmp_path: Path, confirm: int) -> None:
+    """An evaluation reaching train.stop_at_return is re-run on eval.confirm_episodes fresh
+    episodes; that mean decides the stop and is best.pt's score, and `asyncql eval` with the
+    seeds stored in best.pt reproduces it. confirm_episodes=0 turns the confirmation off."""
+    run_dir = tmp_path / "run"
+    # an untrained greedy CartPole policy lasts about 9 steps: 3.0 is reached at the first eval
+    result = _cli("train", "parallelism=serial", "train.stop_at_return=3.0", "train.learning_starts=100000",
+                  "eval.interval_seconds=0.5", f"eval.confirm_episodes={confirm}", "train.progress=plain",
+                  f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "solved"
+    log = (run_dir / "train.log").read_text()
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    if confirm:
+        assert "confirmation at" in log and f"over {confirm} episodes" in log
+        assert best["eval_episodes"] == confirm and best["eval_seed"] == 1_000_000_000 + 10
+    else:
+        assert "confirmation at" not in log
+        assert best["eval_episodes"] == 10 and best["eval_seed"] == 1_000_000_000
+    assert summary["best_eval_return"] == pytest.approx(best["eval_return"])
+    replay = _cli("eval", f"run_dir={run_dir}", f"eval.episodes={best['eval_episodes']}",
+                  f"eval.seed={best['eval_seed']}", cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    assert json.loads((run_dir / "eval.json").read_text())["mean_return"] == pytest.approx(best["eval_return"])
