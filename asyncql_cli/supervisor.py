@@ -238,10 +238,13 @@ class Run:
         log.info("eval at %d env steps (%d updates): mean return %.1f over %d episodes",
                  steps, updates, mean, episodes)
         solved_return = env["solved_return"]
-        threshold = self.plain["train"]["stop_at_return"]
-        threshold = solved_return if threshold is None else threshold
-        if ev["confirm_episodes"] and threshold is not None and mean >= threshold:
-            # confirm on fresh episodes (seeds after the periodic ones) before it counts
+        # the lowest return that would count (stop or solved) is confirmed
+        limits = [v for v in (self.plain["train"]["stop_at_return"], solved_return) if v is not None]
+        threshold = min(limits) if limits else None
+        if (ev["confirm_episodes"] and threshold is not None and mean >= threshold
+                and (self.best_eval is None or mean > self.best_eval)):
+            # confirm on fresh episodes (seeds after the periodic ones) before it counts; only
+            # when it could become the best, so a solved policy is not re-checked every interval
             episodes, seed = ev["confirm_episodes"], ev["seed"] + ev["episodes"]
             mean = evaluate(self.eval_net, self.spec.env_id, env["kwargs"],
                             ev["max_episode_steps"] or env["max_episode_steps"], episodes, seed).mean

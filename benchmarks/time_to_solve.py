@@ -86,10 +86,41 @@ ZOO_DQN: dict[str, dict[str, Any]] = {
         "exploration_final_eps": 0.1,
         "policy_kwargs": {"net_arch": [256, 256]},
     },
+    "MountainCar-v0": {  # "Tuned"
+        "n_timesteps": 1.2e5,
+        "policy": "MlpPolicy",
+        "learning_rate": 4e-3,
+        "batch_size": 128,
+        "buffer_size": 10000,
+        "learning_starts": 1000,
+        "gamma": 0.98,
+        "target_update_interval": 600,
+        "train_freq": 16,
+        "gradient_steps": 8,
+        "exploration_fraction": 0.2,
+        "exploration_final_eps": 0.07,
+        "policy_kwargs": {"net_arch": [256, 256]},
+    },
+    "LunarLander-v3": {  # the zoo's LunarLander entry (written for v2; same dynamics in v3)
+        "n_timesteps": 1e5,
+        "policy": "MlpPolicy",
+        "learning_rate": 6.3e-4,
+        "batch_size": 128,
+        "buffer_size": 50000,
+        "learning_starts": 0,
+        "gamma": 0.99,
+        "target_update_interval": 250,
+        "train_freq": 4,
+        "gradient_steps": -1,
+        "exploration_fraction": 0.12,
+        "exploration_final_eps": 0.1,
+        "policy_kwargs": {"net_arch": [256, 256]},
+    },
 }
 
 # The usual "solved" mean returns (gymnasium's reward_threshold for CartPole-v1).
-SOLVED_RETURN: dict[str, float] = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
+SOLVED_RETURN: dict[str, float] = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0": -110.0,
+                                   "LunarLander-v3": 200.0}
 
 TRAIN_EVAL_EPISODES = 10          # per training-time evaluation, both tools (asyncql's default)
 SB3_EVAL_SEED = 1_000_000_000     # SB3's EvalCallback env, as asyncql's eval.seed
@@ -424,13 +455,16 @@ def markdown(results: list[RunResult], meta: dict[str, Any], tools: list[str]) -
         f"Solved: the mean return of {meta['eval_episodes']} greedy episodes on fresh seeds "
         f"({FINAL_EVAL_SEED:_} + 1000·seed + k, asyncql's evaluator for both) is >= {meta['threshold']:g}. "
         "Wall-clock to solve: seconds from launching the training process (a fresh Python interpreter, "
-        "imports included) to its exit, for a run whose kept weights pass that test; both tools stop "
-        f"on their first {TRAIN_EVAL_EPISODES}-episode greedy training evaluation >= the threshold "
-        f"(asyncql every {meta['asyncql_eval_interval']}, SB3 every {meta['sb3_eval_freq']} env steps) or at "
-        f"{meta['max_seconds']:g} s. Env steps to solve: env steps at the evaluation that picked the kept "
+        "imports included) to its exit, for a run whose kept weights pass that test; both tools evaluate "
+        f"{TRAIN_EVAL_EPISODES} greedy episodes while training (asyncql every {meta['asyncql_eval_interval']}, "
+        f"SB3 every {meta['sb3_eval_freq']} env steps); SB3 stops on the first such evaluation >= the "
+        "threshold, asyncql once such an evaluation is confirmed on 100 further episodes "
+        f"(`eval.confirm_episodes`), or at {meta['max_seconds']:g} s. "
+        "Env steps to solve: env steps at the evaluation that picked the kept "
         "weights. Medians and ranges over all seeds; an unsolved seed counts as ∞. "
-        f"SB3: rl-baselines3-zoo DQN hyperparameters, {meta['sb3_threads_note']}; "
-        "asyncql: its defaults for the env (one torch thread per process). "
+        + (f"SB3: rl-baselines3-zoo DQN hyperparameters, {meta['sb3_threads_note']}; "
+           if "sb3" in tools else "SB3 was not run (`--only asyncql`); ")
+        + "asyncql: its defaults for the env (one torch thread per process). "
         f"Machine: {meta['cpus']} CPUs ({meta['machine']}), shared; load average (1/5/15 min) "
         f"{_load(load['start'])} at the start, {_load(load['end'])} at the end; total {meta['total_seconds']:.0f} s."
         + _interrupt_note(results),
