@@ -1,6 +1,6 @@
 """Compare the asynchronous Q-learning modes on the same envs and seeds (not a test).
 
-    .venv/bin/python benchmarks/modes.py --envs CartPole-v1,Acrobot-v1 --seeds 0 --max-seconds 150
+    .venv/bin/python benchmarks/modes.py --envs CartPole-v1,Acrobot-v1 --seeds 0,1,2 --max-seconds 90
 
 Each run is the real CLI with `train.stop_at_return=<env.solved_return>`; wall-clock is from
 launching the process to its exit, env steps to solve from summary.json, and the quality is
@@ -124,9 +124,10 @@ def main() -> int:
                 rows.append(run_one(env, mode, seed, args.max_seconds, args.out))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
     text = (f"{table(rows, seeds)}\n\nMachine: {os.cpu_count()} CPUs; load average {load_before[0]:.2f} at the "
-            f"start, {os.getloadavg()[0]:.2f} at the end. Each run stops at its first 10-episode greedy "
-            f"evaluation >= the solved return or after {args.max_seconds:.0f} s; 'solved' is judged by a fresh "
-            f"100-episode greedy evaluation of best.pt.\n")
+            f"start, {os.getloadavg()[0]:.2f} at the end. Each run stops once a 10-episode greedy evaluation "
+            f">= the solved return is confirmed on 100 further episodes (eval.confirm_episodes), or after "
+            f"{args.max_seconds:.0f} s; 'solved' is judged by a fresh 100-episode greedy evaluation of best.pt "
+            f"(seeds no run has seen).\n")
     (args.out / "modes.md").write_text(text)
     (args.out / "modes.json").write_text(json.dumps(rows, indent=1) + "\n")
     plotted = plot(rows, args.out / "modes.png")
