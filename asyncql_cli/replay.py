@@ -140,7 +140,8 @@ class UniformSampler:
         if int(self._window(cursors).sum()) == 0:
             return None
         segment, logical = self._draw(batch_size, cursors)
-        rows = storage.gather(self._slots(segment, logical))
+        slots = self._slots(segment, logical)
+        rows = storage.gather(slots)
         while True:
             after = storage.cursors.numpy().copy()
             # A row is safe if no write begun by now (up to cursor + write_batch) reaches it.
@@ -151,6 +152,7 @@ class UniformSampler:
             # has overwritten every row of the old one, and redrawing there would never end.
             segment[torn], logical[torn] = self._draw(torn.size, after)
             redrawn = torch.from_numpy(torn)
-            for name, value in storage.gather(self._slots(segment[torn], logical[torn])).items():
+            slots[redrawn] = self._slots(segment[torn], logical[torn])
+            for name, value in storage.gather(slots[redrawn]).items():
                 rows[name][redrawn] = value
-        return Batch(**rows, index=self._slots(segment, logical))
+        return Batch(**rows, index=slots)

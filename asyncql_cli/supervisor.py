@@ -214,6 +214,17 @@ class Run:
                 log.error("%s failed: %s\n%s", role, reason, text)
 
     # -- evaluation ------------------------------------------------------------------
+    def _greedy_mean(self, net: torch.nn.Module, episodes: int, seed: int) -> float:
+        env, ev = self.plain["env"], self.plain["eval"]
+        return evaluate(net, self.spec.env_id, env["kwargs"], ev["max_episode_steps"] or env["max_episode_steps"],
+                        episodes, seed).mean
+
+    def _confirm_threshold(self) -> Optional[float]:
+        """The lowest return that would count (stop or solved): evaluations reaching it are confirmed."""
+        limits = [v for v in (self.plain["train"]["stop_at_return"], self.plain["env"]["solved_return"])
+                  if v is not None]
+        return min(limits) if limits else None
+
     def _evaluate(self, c: Components, steps: int) -> Optional[float]:
         """Greedy evaluation of every published network (one per independent learner);
         the best one is the run's score and, if it beats the record, becomes best.pt."""
@@ -223,8 +234,7 @@ class Run:
             published = store.read_into(net)
             if published is None:
                 continue
-            score = evaluate(net, self.spec.env_id, env["kwargs"], ev["max_episode_steps"] or env["max_episode_steps"],
-                             ev["episodes"], ev["seed"]).mean
+            score = self._greedy_mean(net, ev["episodes"], ev["seed"])
             if len(c.stores) > 1:
                 self.reporter.scalar(f"learner{index}/eval_mean_return", score, steps)
             scores.append((score, -index, published))
@@ -238,16 +248,13 @@ class Run:
         log.info("eval at %d env steps (%d updates): mean return %.1f over %d episodes",
                  steps, updates, mean, episodes)
         solved_return = env["solved_return"]
-        # the lowest return that would count (stop or solved) is confirmed
-        limits = [v for v in (self.plain["train"]["stop_at_return"], solved_return) if v is not None]
-        threshold = min(limits) if limits else None
+        threshold = self._confirm_threshold()
         if (ev["confirm_episodes"] and threshold is not None and mean >= threshold
                 and (self.best_eval is None or mean > self.best_eval)):
             # confirm on fresh episodes (seeds after the periodic ones) before it counts; only
             # when it could become the best, so a solved policy is not re-checked every interval
             episodes, seed = ev["confirm_episodes"], ev["seed"] + ev["episodes"]
-            mean = evaluate(self.eval_net, self.spec.env_id, env["kwargs"],
-                            ev["max_episode_steps"] or env["max_episode_steps"], episodes, seed).mean
+            mean = self._greedy_mean(self.eval_net, episodes, seed)
             self.reporter.scalar("eval/confirmed_mean_return", mean, steps)
             log.info("confirmation at %d env steps: mean return %.1f over %d episodes", steps, mean, episodes)
         self.reporter.eval_return = mean
