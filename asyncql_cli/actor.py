@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from asyncql_cli.envs import make_vector_env
+from asyncql_cli.frame_replay import FrameRows, FrameStorage
 from asyncql_cli.networks import build_network
 from asyncql_cli.params import ParameterStore
 from asyncql_cli.process import Counters
@@ -61,6 +62,7 @@ class ActorSettings:
     compute_priorities: bool = False
     one_network: bool = True  # False with independent learners: each network must keep up
     learner_ready_rows: int = 0  # rows the learner needs before its first update
+    atari: Optional[dict[str, Any]] = None  # env.atari settings (Atari preprocessing); None = not Atari
 
 
 def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
@@ -147,7 +149,8 @@ class Actor:
         self.s, self.storage, self.params, self.counters, self.stats = (
             settings, storage, params, counters, stats_queue
         )
-        self.envs = make_vector_env(s.env_id, s.envs_per_actor, s.env_kwargs, s.max_episode_steps)
+        self.envs = make_vector_env(s.env_id, s.envs_per_actor, s.env_kwargs, s.max_episode_steps,
+                                    atari=s.atari, training=True)
         if q_net is None:
             self.q_net = build_network(s.network, s.obs_shape, s.num_actions)
             self.q_net.requires_grad_(False)
@@ -155,6 +158,10 @@ class Actor:
             self.q_net = q_net
         self.rng = np.random.default_rng(s.seed)
         self.accumulator = NStepAccumulator(s.envs_per_actor, s.n_step, s.gamma)
+        # frame-deduplicated replay: each env is one stream of frame rows in its own segment
+        self.game_stats = s.atari is not None  # Atari: a learning episode is a life; report games
+        self.frame_rows = (FrameRows(s.envs_per_actor, s.actor_id * s.envs_per_actor)
+                           if isinstance(storage, FrameStorage) else None)
         slots = s.num_actors * s.envs_per_actor
         if s.exploration.schedule == "apex":
             e = s.exploration
@@ -197,7 +204,7 @@ class Actor:
         if self.weights_updates is None:  # nothing published yet: act uniformly
             return random_actions
         with torch.no_grad():
-            greedy = self.q_net(torch.as_tensor(self.obs, dtype=torch.float32)).argmax(1).numpy()
+            greedy = self.q_net(torch.as_tensor(self.obs)).argmax(1).numpy()  # the net casts (and scales uint8)
         return np.where(explore, random_actions, greedy)
 
     def learner_owes_updates(self) -> bool:
@@ -229,21 +236,46 @@ class Actor:
             true_next = next_obs.copy()
             for e in np.flatnonzero(done):
                 true_next[e] = info["final_obs"][e]
-        self.outbox += self.accumulator.push(self.obs, actions, rewards, true_next, terminated, truncated)
-        self.episode_return += rewards
-        self.episode_length += 1
-        for e in np.flatnonzero(done):
-            self.stats.put(("episode", self.s.actor_id, float(self.episode_return[e]),
-                            int(self.episode_length[e]), float(eps[e])))
-            self.episode_return[e] = 0.0
-            self.episode_length[e] = 0
+        if self.frame_rows is None:
+            self.outbox += self.accumulator.push(self.obs, actions, rewards, true_next, terminated, truncated)
+        else:
+            rows = self.frame_rows
+            transitions = self.accumulator.push(rows.records(self.obs), actions, rewards,
+                                                rows.records(true_next, 1), terminated, truncated)
+            rows.add(transitions, done, true_next)
+        self.report_episodes(rewards, done, info, eps)
         self.obs = next_obs
         n = self.s.envs_per_actor
         self.steps += n
         self.steps_since_sync += n
-        if self.storage is not None and len(self.outbox) >= self.s.write_batch:
+        if self.storage is not None and self.flush_due():
             self.flush()
         self.counters.env_steps[self.s.actor_id] = self.steps
+
+    def report_episodes(self, rewards: np.ndarray, done: np.ndarray, info: dict[str, Any],
+                        eps: np.ndarray) -> None:
+        """One stats message per finished episode. Envs that report whole games (Atari,
+        where with episodic life a lost life ends a learning episode) are reported per game,
+        with the game's raw return and length."""
+        self.episode_return += rewards
+        self.episode_length += 1
+        if not done.any():
+            return
+        games = info.get("final_info", {})
+        for e in np.flatnonzero(done):
+            if not self.game_stats:
+                self.stats.put(("episode", self.s.actor_id, float(self.episode_return[e]),
+                                int(self.episode_length[e]), float(eps[e])))
+            elif games.get("_game_return", np.zeros(len(done), dtype=bool))[e]:
+                self.stats.put(("episode", self.s.actor_id, float(games["game_return"][e]),
+                                int(games["game_length"][e]), float(eps[e])))
+            self.episode_return[e] = 0.0
+            self.episode_length[e] = 0
+
+    def flush_due(self) -> bool:
+        if self.frame_rows is not None:
+            return self.frame_rows.ready(self.s.write_batch)
+        return len(self.outbox) >= self.s.write_batch
 
     def take_transitions(self) -> list[tuple]:
         """Actor-learner mode: hand over the n-step transitions made since the last call."""
@@ -251,7 +283,11 @@ class Actor:
         return taken
 
     def flush(self) -> None:
-        if self.outbox and self.storage is not None:
+        if self.frame_rows is not None:
+            priority = self.initial_priority if self.s.compute_priorities else None
+            for segment, rows in self.frame_rows.take(priority):
+                self.storage.write(segment, rows)
+        elif self.outbox and self.storage is not None:
             rows = rows_from(self.outbox)
             if self.s.compute_priorities:
                 rows["priority"] = self.initial_priority(rows)

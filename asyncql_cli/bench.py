@@ -1,8 +1,22 @@
 """`asyncql bench`: throughput of each pipeline component against a bare baseline.
 
     asyncql bench [--env ID] [--seconds S] [--envs-per-actor N] [--actors 1,2]
-                  [--batch-size B] [--hidden 256,256] [--device auto|cpu|cuda]
-                  [--only env,actor,replay,learner] [--json PATH]
+                  [--network mlp|nature_cnn] [--batch-size B] [--hidden 256,256]
+                  [--capacity ROWS] [--device auto|cpu|cuda] [--amp off|bf16|fp16]
+                  [--[no-]compile] [--[no-]prefetch] [--only env,actor,replay,learner] [--json PATH]
+
+The learner on a GPU (issue 8's goal: `Learner.update` at >= 90% of the updates/s of a bare
+loop of the same network and batch; the `ratio` column of `learner.update` says it):
+
+    asyncql bench --env Pong --only learner --seconds 10               # Nature CNN, batch 32
+    asyncql bench --env Pong --only learner --seconds 10 --amp bf16 --compile
+    asyncql bench --only learner --seconds 10                          # the mlp, batch 128
+
+`--env Pong` (any Atari env file) selects network=nature_cnn: the replay is the frame replay
+filled with random uint8 frames of the Atari shape (4x84x84); the env is only inspected.
+Per network, unset flags default to: mlp batch 128, hidden 256,256, the config's replay
+capacity; nature_cnn batch 32, hidden 512, at most 100,000 rows. `--amp` and `--compile`
+apply to both sides of the learner ratio; `--prefetch` (the learner's) to one.
 
 Every number comes from one run, so the ratios compare measurements taken on the same
 (possibly noisy) machine minutes apart at most:
@@ -13,7 +27,8 @@ Every number comes from one run, so the ratios compare measurements taken on the
            env steps/s and as a ratio to the raw loop;
 - replay:  `ReplayStorage.write` rows/s and `UniformSampler.sample` batches/s on a full ring;
 - learner: `Learner.update` updates/s on a full replay against a bare torch loop (same
-           network, batch size, Adam, double-DQN Huber target, tensors already in memory).
+           network, batch size, Adam, double-DQN Huber target, amp and compile, tensors
+           already in the device's memory), on the learner device (cuda when available).
 
 The components are built from the composed Hydra config with the same builders training
 uses (`build_actor_settings`, `build_learner_settings`, `connect_components`). This is a
@@ -55,7 +70,8 @@ from asyncql_cli.builders import (
 from asyncql_cli.checkpoint import write_json
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import EnvSpec, inspect_env, make_vector_env
-from asyncql_cli.learner import Learner, resolve_device
+from asyncql_cli.frame_replay import FrameStorage
+from asyncql_cli.learner import Learner, autocast, compile_forwards, grad_scaler, resolve_device
 from asyncql_cli.networks import build_network
 from asyncql_cli.process_server import stop_process_server
 from asyncql_cli.replay import UniformSampler
@@ -69,6 +85,23 @@ ACTOR = "actor.in_process"
 LEARNER = "learner.update"
 ROUNDS = 5  # alternating slices per in-process pair (see measure)
 REPORT_WIDTH = 150
+
+
+@dataclass(frozen=True)
+class NetworkDefaults:
+    """What the bench measures a network with when the flags leave it open."""
+
+    batch_size: int
+    hidden: tuple[int, ...]
+    max_capacity: Optional[int]  # cap on the config's buffer.capacity (None: the config's)
+
+
+NETWORK_DEFAULTS = {
+    "mlp": NetworkDefaults(batch_size=128, hidden=(256, 256), max_capacity=None),
+    # Nature DQN's batch and layer; 100k frames (~0.7 GB) already defeat every CPU cache, as
+    # the 1M of training do, without filling gigabytes first
+    "nature_cnn": NetworkDefaults(batch_size=32, hidden=(512,), max_capacity=100_000),
+}
 
 
 @dataclass
@@ -116,9 +149,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement (default 3)")
     parser.add_argument("--envs-per-actor", type=int, default=8, help="envs per vector env (default 8)")
     parser.add_argument("--actors", default="1,2", help="actor process counts to measure (default 1,2)")
-    parser.add_argument("--batch-size", type=int, default=128, help="sample/update batch size (default 128)")
-    parser.add_argument("--hidden", default="256,256", help="Q-network hidden sizes (default 256,256)")
+    parser.add_argument("--network", choices=tuple(NETWORK_DEFAULTS), default=None,
+                        help="Q-network (default: the env config's; Atari envs select nature_cnn)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="sample/update batch size (default 128 for mlp, 32 for nature_cnn)")
+    parser.add_argument("--hidden", default=None,
+                        help="Q-network hidden sizes (default 256,256 for mlp, 512 for nature_cnn)")
+    parser.add_argument("--capacity", type=int, default=None,
+                        help="replay rows (default the config's buffer.capacity, at most 100000 for nature_cnn)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="learner device")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
+                        help="learner and bare loop mixed precision (default: the config's algo.amp)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the Q-network of learner and bare loop (default: algo.compile)")
+    parser.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
+                        help="the learner draws batch k+1 during update k (default: algo.prefetch)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"subset of {','.join(PARTS)} (default all)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here")
     args = parser.parse_args(argv)
@@ -126,10 +171,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise BadInput(f"bench: --seconds {args.seconds}: expected a number > 0")
     if args.envs_per_actor <= 0:
         raise BadInput(f"bench: --envs-per-actor {args.envs_per_actor}: expected an integer > 0")
-    if args.batch_size <= 0:
-        raise BadInput(f"bench: --batch-size {args.batch_size}: expected an integer > 0")
+    for flag, value in (("--batch-size", args.batch_size), ("--capacity", args.capacity)):
+        if value is not None and value <= 0:
+            raise BadInput(f"bench: {flag} {value}: expected an integer > 0")
     args.actors = sorted(set(_positive_ints(args.actors, "--actors")))
-    args.hidden = _positive_ints(args.hidden, "--hidden")
+    if args.hidden is not None:
+        args.hidden = _positive_ints(args.hidden, "--hidden")
     args.only = _parts(args.only)
     if args.json is not None:
         check_writable(args.json)
@@ -151,7 +198,8 @@ def check_writable(path: Path) -> None:
 # -------------------------------------------------------------------------------- config
 def compose_config(args: argparse.Namespace) -> tuple[dict[str, Any], EnvSpec]:
     """The training config (conf/ composed by Hydra) with the bench's choices applied,
-    validated like `asyncql train` validates it, as plain data plus the env's spec."""
+    validated like `asyncql train` validates it, as plain data plus the env's spec. Flags
+    left unset get their network's `NETWORK_DEFAULTS` (written back into `args`)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -168,13 +216,29 @@ def compose_config(args: argparse.Namespace) -> tuple[dict[str, Any], EnvSpec]:
         if GlobalHydra.instance().is_initialized():
             GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"env={args.env}" if named else "env=gym"])
+            overrides = [f"env={args.env}" if named else "env=gym"]
+            if args.network is not None:
+                overrides.append(f"network={args.network}")
+            cfg = compose(config_name="config", overrides=overrides)
         if not named:
             cfg.env.id = args.env
+        args.network = cfg.network.name
+        defaults = NETWORK_DEFAULTS.get(args.network, NETWORK_DEFAULTS["mlp"])  # unknown: validate() says so
+        args.batch_size = args.batch_size or defaults.batch_size
+        args.hidden = args.hidden or list(defaults.hidden)
+        if args.capacity is None:
+            args.capacity = min(cfg.buffer.capacity, defaults.max_capacity or cfg.buffer.capacity)
         cfg.parallelism.envs_per_actor = args.envs_per_actor
         cfg.parallelism.learner_device = args.device
         cfg.network.hidden = args.hidden
         cfg.algo.batch_size = args.batch_size
+        cfg.buffer.capacity = args.capacity
+        # nothing waits for learning_starts here (the replay is filled up front); only keep it valid
+        cfg.train.learning_starts = min(cfg.train.learning_starts, args.capacity)
+        for key in ("amp", "compile", "prefetch"):
+            if getattr(args, key) is not None:
+                cfg.algo[key] = getattr(args, key)
+        args.amp, args.compile, args.prefetch = cfg.algo.amp, cfg.algo.compile, cfg.algo.prefetch
         cfg.actor.max_update_debt = None  # no learner runs beside the actors: never throttle
     except (HydraException, OmegaConfBaseException) as exc:
         raise BadInput(f"bench: config: {' '.join(str(exc).split())}") from None
@@ -185,7 +249,8 @@ def compose_config(args: argparse.Namespace) -> tuple[dict[str, Any], EnvSpec]:
         validate(scaled)
     plain = to_plain(cfg)
     env = plain["env"]
-    return plain, inspect_env(env["id"], env["kwargs"], env["max_episode_steps"])
+    return plain, inspect_env(env["id"], env["kwargs"], env["max_episode_steps"], atari=env.get("atari"),
+                              network_name=plain["network"]["name"])
 
 
 def with_actors(plain: dict[str, Any], count: int) -> dict[str, Any]:
@@ -244,25 +309,51 @@ def publish_random_weights(plain: dict[str, Any], spec: EnvSpec, c: Components) 
     c.params.publish(net, 1)
 
 
+def random_obs(count: int, spec: EnvSpec) -> torch.Tensor:
+    """Noise observations of the env's shape and dtype (uint8 frames: every byte value)."""
+    if spec.obs_dtype == "uint8":
+        return torch.randint(0, 256, (count, *spec.obs_shape), dtype=torch.uint8)
+    return torch.randn(count, *spec.obs_shape)
+
+
 def random_rows(count: int, plain: dict[str, Any], spec: EnvSpec) -> dict[str, torch.Tensor]:
     """Transitions shaped like the actors' (values are noise: only the sizes matter here)."""
     a = plain["algo"]
     discount = torch.full((count,), a["gamma"] ** a["n_step"])
     discount[torch.rand(count) < 0.05] = 0.0
     return {
-        "obs": torch.randn(count, *spec.obs_shape),
+        "obs": random_obs(count, spec),
         "action": torch.randint(spec.num_actions, (count,)),
         "reward": torch.randn(count),
-        "next_obs": torch.randn(count, *spec.obs_shape),
+        "next_obs": random_obs(count, spec),
         "discount": discount,
     }
+
+
+def random_frame_rows(count: int, plain: dict[str, Any], spec: EnvSpec) -> dict[str, torch.Tensor]:
+    """`FrameStorage` rows of one episode of random frames, each starting an n-step transition."""
+    a = plain["algo"]
+    return {
+        "frame": torch.randint(0, 256, (count, *spec.obs_shape[1:]), dtype=torch.uint8),
+        "action": torch.randint(spec.num_actions, (count,)),
+        "reward": torch.randn(count),
+        "discount": torch.full((count,), a["gamma"] ** a["n_step"]),
+        "bootstrap": torch.full((count,), a["n_step"], dtype=torch.int64),
+        "episode_step": torch.arange(count, dtype=torch.int32),
+    }
+
+
+def storage_rows(storage: Any, count: int, plain: dict[str, Any], spec: EnvSpec) -> dict[str, torch.Tensor]:
+    """Rows in the layout `storage` writes (transitions, or single frames for the frame replay)."""
+    rows = random_frame_rows if isinstance(storage, FrameStorage) else random_rows
+    return rows(count, plain, spec)
 
 
 def filled_components(plain: dict[str, Any], spec: EnvSpec) -> Components:
     """In-process components (as `parallelism=serial` wires them) with every segment full."""
     c = connect_components(plain, spec, serial=True)
     for segment in range(c.storage.num_segments):
-        c.storage.write(segment, random_rows(c.storage.segment_size, plain, spec))
+        c.storage.write(segment, storage_rows(c.storage, c.storage.segment_size, plain, spec))
     return c
 
 
@@ -271,7 +362,8 @@ def filled_components(plain: dict[str, Any], spec: EnvSpec) -> Components:
 def raw_env_step(plain: dict[str, Any], spec: EnvSpec) -> Iterator[Step]:
     """The baseline: the actors' vector env stepped with random actions and nothing else."""
     n, env = plain["parallelism"]["envs_per_actor"], plain["env"]
-    envs = make_vector_env(spec.env_id, n, env["kwargs"], env["max_episode_steps"])
+    envs = make_vector_env(spec.env_id, n, env["kwargs"], env["max_episode_steps"], atari=env.get("atari"),
+                           training=True)
     rng = np.random.default_rng(plain["seed"])
     try:
         envs.reset(seed=plain["seed"])
@@ -393,7 +485,7 @@ def bench_actor_processes(plain: dict[str, Any], spec: EnvSpec, count: int, seco
 def bench_replay(plain: dict[str, Any], spec: EnvSpec, seconds: float) -> list[Result]:
     c = filled_components(plain, spec)
     storage, batch_size = c.storage, plain["algo"]["batch_size"]
-    rows = random_rows(storage.write_batch, plain, spec)
+    rows = storage_rows(storage, storage.write_batch, plain, spec)
     sampler = UniformSampler(storage, seed=plain["seed"])
 
     def insert() -> int:
@@ -414,7 +506,8 @@ def bench_replay(plain: dict[str, Any], spec: EnvSpec, seconds: float) -> list[R
 def bare_torch_step(plain: dict[str, Any], spec: EnvSpec, device: torch.device,
                     like: torch.optim.Optimizer) -> Step:
     """The same TD step with nothing around it: no sampling, clipping, stats or publishing.
-    The optimizer is built like `like` (the learner's: same class and settings, e.g. fused)."""
+    The optimizer is built like `like` (the learner's: same class and settings, e.g. fused);
+    mixed precision and torch.compile as the learner's (`algo.amp`, `algo.compile`)."""
     a, b = plain["algo"], plain["algo"]["batch_size"]
     torch.manual_seed(plain["seed"])
     q_net = build_network(plain["network"], spec.obs_shape, spec.num_actions).to(device)
@@ -423,17 +516,27 @@ def bare_torch_step(plain: dict[str, Any], spec: EnvSpec, device: torch.device,
     target_net.requires_grad_(False)
     optimizer = type(like)(q_net.parameters(), **like.defaults)
     batch = {name: value.to(device) for name, value in random_rows(b, plain, spec).items()}
+    scaler = grad_scaler(device, a["amp"])
+    forward_q, forward_target = q_net, target_net
+    if a["compile"]:
+        forward_q, forward_target = compile_forwards(q_net, target_net, batch["obs"], a["amp"])
 
     def step() -> int:
-        with torch.no_grad():
-            next_action = q_net(batch["next_obs"]).argmax(1, keepdim=True)
-            next_value = target_net(batch["next_obs"]).gather(1, next_action).squeeze(1)
-            y = batch["reward"] + batch["discount"] * next_value
-        q = q_net(batch["obs"]).gather(1, batch["action"].unsqueeze(1)).squeeze(1)
-        loss = F.huber_loss(q, y, delta=a["huber_delta"])
+        with autocast(device, a["amp"]):
+            with torch.no_grad():
+                next_action = forward_q(batch["next_obs"]).argmax(1, keepdim=True)
+                next_value = forward_target(batch["next_obs"]).float().gather(1, next_action).squeeze(1)
+                y = batch["reward"] + batch["discount"] * next_value
+            q = forward_q(batch["obs"]).float().gather(1, batch["action"].unsqueeze(1)).squeeze(1)
+            loss = F.huber_loss(q, y, delta=a["huber_delta"])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return 1
 
     return step
@@ -456,13 +559,15 @@ def bench_learner(plain: dict[str, Any], spec: EnvSpec, seconds: float) -> list[
 
         bare = bare_torch_step(plain, spec, device, learner.optimizer)
         rates = measure({BARE_TORCH: bare, LEARNER: update}, seconds, device_sync(device))
-    b = plain["algo"]["batch_size"]
+    a, network = plain["algo"], plain["network"]["name"]
+    both = f"{network}, batch {a['batch_size']}, amp {a['amp']}" + (", compiled" if a["compile"] else "")
     return [
         Result(BARE_TORCH, rates[BARE_TORCH], "updates/s",
-               note=f"batch {b} already in {device.type} memory, {optimizer_name(learner.optimizer)}, "
+               note=f"{both}, batch already in {device.type} memory, {optimizer_name(learner.optimizer)}, "
                     "double-DQN Huber"),
         Result(LEARNER, rates[LEARNER], "updates/s", BARE_TORCH,
-               note=f"Learner.update on {device.type}: sample, TD step, clip, stats, publish"),
+               note=f"{both}, Learner.update on {device.type}: sample ({type(c.storage).__name__}), "
+                    f"{'prefetch, ' if a['prefetch'] else ''}TD step, clip, stats, publish"),
     ]
 
 
@@ -571,7 +676,8 @@ def run_bench(argv: list[str]) -> None:
         settings = {
             "command": shlex.join(["asyncql", "bench", *argv]), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "env": spec.env_id, "seconds": args.seconds, "envs_per_actor": args.envs_per_actor,
-            "actors": args.actors, "batch_size": args.batch_size, "hidden": args.hidden,
+            "actors": args.actors, "network": args.network, "batch_size": args.batch_size, "hidden": args.hidden,
+            "capacity": args.capacity, "amp": args.amp, "compile": args.compile, "prefetch": args.prefetch,
             "device": args.device, "only": args.only,
         }
         try:

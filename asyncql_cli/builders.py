@@ -18,13 +18,14 @@ from asyncql_cli.actor import ActorSettings, ExplorationSettings
 from asyncql_cli.actor_learner import ActorLearnerSettings
 from asyncql_cli.config import BadInput
 from asyncql_cli.envs import EnvSpec
+from asyncql_cli.frame_replay import FrameStorage, frame_replay_bytes
 from asyncql_cli.hogwild import SharedModel, make_shared_model
 from asyncql_cli.learner import LearnerSettings
 from asyncql_cli.networks import build_network, num_parameters
 from asyncql_cli.params import ParameterStore
 from asyncql_cli.process import Counters
 from asyncql_cli.process_server import process_context
-from asyncql_cli.replay import ReplayStorage
+from asyncql_cli.replay import ReplayStorage, replay_bytes
 
 MEMORY_HEADROOM = 1.2
 
@@ -52,7 +53,29 @@ def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int,
         compute_priorities=plain["buffer"]["name"] == "prioritized",
         one_network=hogwild(plain) or p["num_learners"] == 1,
         learner_ready_rows=max(plain["train"]["learning_starts"], a["batch_size"]),
+        atari=plain["env"].get("atari"),
     )
+
+
+def frame_replay(plain: dict[str, Any]) -> bool:
+    """Atari observations are frame stacks: the replay stores each frame once."""
+    return plain["env"].get("atari") is not None
+
+
+def build_storage(plain: dict[str, Any], spec: EnvSpec) -> ReplayStorage | FrameStorage:
+    """Frame rows, one stream per env (Atari), or n-step transitions, one segment per actor."""
+    p, capacity, write_batch = plain["parallelism"], plain["buffer"]["capacity"], plain["actor"]["write_batch"]
+    if frame_replay(plain):
+        return FrameStorage(capacity, p["num_actors"] * p["envs_per_actor"], write_batch, spec.obs_shape,
+                            plain["algo"]["n_step"])
+    return ReplayStorage(capacity, p["num_actors"], write_batch, spec.obs_shape, "float32")
+
+
+def storage_bytes(plain: dict[str, Any], spec: EnvSpec) -> int:
+    """Shared memory `build_storage` will allocate."""
+    if frame_replay(plain):
+        return frame_replay_bytes(plain["buffer"]["capacity"], spec.obs_shape[1:])
+    return replay_bytes(plain["buffer"]["capacity"], spec.obs_shape, "float32")
 
 
 def checkpoint_meta(plain: dict[str, Any], spec: EnvSpec, generation: int = 0) -> dict[str, Any]:
@@ -82,6 +105,7 @@ def build_learner_settings(plain: dict[str, Any], spec: EnvSpec, run_dir: Path,
         priority_eps=plain["buffer"]["priority_eps"], total_env_steps=plain["train"]["total_env_steps"],
         lr_schedule=a["lr_schedule"], lr_final=a["lr_final"],
         index=index, sharing=plain["parallelism"]["learner_sharing"],
+        prefetch=a["prefetch"], amp=a["amp"], compile=a["compile"],
     )
 
 
@@ -141,7 +165,7 @@ def _mem_available() -> Optional[int]:
 class Components:
     """Everything shared between processes, allocated here in the main process."""
 
-    storage: Optional[ReplayStorage]
+    storage: Optional[ReplayStorage | FrameStorage]
     stores: list[ParameterStore]
     counters: Counters
     shared: Optional[SharedModel]
@@ -173,9 +197,7 @@ def connect_components(plain: dict[str, Any], spec: EnvSpec, serial: bool) -> Co
     - stats queue (children -> main) and stop event (main -> children)."""
     p, a = plain["parallelism"], plain["algo"]
     actor_learner = a["mode"] == "actor_learner"
-    storage = None if actor_learner else ReplayStorage(
-        plain["buffer"]["capacity"], p["num_actors"], plain["actor"]["write_batch"], spec.obs_shape, "float32",
-    )
+    storage = None if actor_learner else build_storage(plain, spec)
     probe = build_network(plain["network"], spec.obs_shape, spec.num_actions)
     networks = 1 if hogwild(plain) else p["num_learners"]
     stores = [ParameterStore(num_parameters(probe)) for _ in range(networks)]

@@ -91,8 +91,6 @@ REPLAY_FORMAT = "asyncql-replay-v1"
 def save_replay(storage: Any, path: Path) -> int:
     """Main process, after every writer has stopped: each segment's held rows, oldest first,
     as plain tensors. Returns the number of rows saved."""
-    from asyncql_cli.replay import FIELDS
-
     slots, lengths = [], []
     size = storage.segment_size
     for segment in range(storage.num_segments):
@@ -103,7 +101,7 @@ def save_replay(storage: Any, path: Path) -> int:
         lengths.append(held)
     index = torch.cat(slots)
     payload = {"format": REPLAY_FORMAT, "segment_lengths": lengths,
-               **{name: getattr(storage, name).index_select(0, index) for name in FIELDS}}
+               **{name: getattr(storage, name).index_select(0, index) for name in storage.columns}}
     _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
     return int(index.numel())
 
@@ -111,14 +109,16 @@ def save_replay(storage: Any, path: Path) -> int:
 def load_replay_into(storage: Any, path: Path) -> int:
     """Main process, before any actor starts: refill the storage from `save_replay`'s file.
     Saved segment j goes to segment j mod (number of segments now). Returns rows restored."""
-    from asyncql_cli.replay import FIELDS
-
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != REPLAY_FORMAT:
         raise BadInput(f"replay file {path} is not an asyncql replay")
+    missing = [name for name in storage.columns if name not in state]
+    if missing:
+        raise BadInput(f"replay file {path} holds another kind of replay (no {', '.join(missing)}); "
+                       "it cannot refill this run's buffer")
     begin = 0
     for j, length in enumerate(state["segment_lengths"]):
-        rows = {name: state[name][begin:begin + length] for name in FIELDS}
+        rows = {name: state[name][begin:begin + length] for name in storage.columns}
         if length:
             storage.write(j % storage.num_segments, rows)
         begin += length

@@ -21,11 +21,27 @@ class BadInput(Exception):
 
 
 @dataclass
+class AtariConfig:
+    """Atari preprocessing (asyncql_cli/atari.py); `env.atari: null` = not an Atari env."""
+
+    noop_max: int = 30
+    frame_skip: int = 4
+    screen_size: int = 84
+    frame_stack: int = 4
+    episodic_life: bool = True
+    clip_rewards: bool = True
+    fire_reset: Any = "auto"  # "auto" | true | false
+    sticky_action_prob: float = 0.25
+    max_frames_per_episode: int = 108_000
+
+
+@dataclass
 class EnvConfig:
     id: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
     solved_return: Optional[float] = None
     max_episode_steps: Optional[int] = None
+    atari: Optional[AtariConfig] = None
 
 
 @dataclass
@@ -86,6 +102,9 @@ class AlgoConfig:
     lr_final: float = 0.0
     publish_interval: int = 4
     nonfinite: str = "stop"
+    prefetch: bool = True
+    amp: str = "off"
+    compile: bool = False
 
 
 @dataclass
@@ -151,13 +170,14 @@ def register_configs() -> None:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "network.name": ("mlp",),
+    "network.name": ("mlp", "nature_cnn"),
     "buffer.name": ("uniform", "prioritized", "none"),
     "algo.mode": ("replay", "actor_learner"),
     "parallelism.learner_sharing": ("independent", "shared"),
     "parallelism.name": ("local", "serial"),
     "algo.loss": ("huber", "mse"),
     "algo.nonfinite": ("stop", "skip"),
+    "algo.amp": ("off", "bf16", "fp16"),
     "algo.lr_schedule": ("constant", "linear"),
     "exploration.schedule": ("apex", "linear", "mnih2016"),
     "train.progress": ("auto", "rich", "plain", "none"),
@@ -221,6 +241,8 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.network.hidden or any(h <= 0 for h in cfg.network.hidden):
         _fail("network.hidden", list(cfg.network.hidden), "a non-empty list of sizes > 0")
     _validate_modes(cfg)
+    if _get(cfg, "env.atari") is not None:
+        _validate_atari(cfg)
     if cfg.buffer.name != "none":
         _validate_replay(cfg)
     _validate_device(cfg)
@@ -237,6 +259,8 @@ def _validate_modes(cfg: DictConfig) -> None:
     if shared and cfg.parallelism.learner_device.startswith("cuda"):
         _fail("parallelism.learner_device", cfg.parallelism.learner_device,
               "auto or cpu: Hogwild (shared) updates run on CPU shared memory")
+    if cfg.algo.amp == "fp16" and (shared or not _learner_on_cuda(cfg.parallelism.learner_device)):
+        _fail("algo.amp", "fp16", "off or bf16 for a CPU learner (fp16 autocast needs a CUDA learner)")
 
 
     e = cfg.exploration
@@ -244,6 +268,19 @@ def _validate_modes(cfg: DictConfig) -> None:
             or any(not 0.0 <= x <= 1.0 for x in e.mnih_finals) or any(not p > 0 for p in e.mnih_probs)):
         _fail("exploration.mnih_finals", list(e.mnih_finals),
               "epsilons in [0, 1], one positive exploration.mnih_probs entry each")
+
+
+def _validate_atari(cfg: DictConfig) -> None:
+    a = cfg.env.atari
+    for key in ("frame_skip", "screen_size", "frame_stack", "max_frames_per_episode"):
+        if not a[key] > 0:
+            _fail(f"env.atari.{key}", a[key], "a value > 0")
+    if not a.noop_max >= 0:
+        _fail("env.atari.noop_max", a.noop_max, "a value >= 0")
+    if not 0.0 <= a.sticky_action_prob <= 1.0:
+        _fail("env.atari.sticky_action_prob", a.sticky_action_prob, "a value in [0, 1]")
+    if not (isinstance(a.fire_reset, bool) or a.fire_reset == "auto"):
+        _fail("env.atari.fire_reset", a.fire_reset, "auto, true or false")
 
 
 def _validate_replay(cfg: DictConfig) -> None:
@@ -260,6 +297,14 @@ def _validate_replay(cfg: DictConfig) -> None:
     if cfg.train.learning_starts > usable:  # the learner would never start, the actors would stall
         _fail("train.learning_starts", cfg.train.learning_starts,
               f"at most buffer.capacity={cfg.buffer.capacity}{split}")
+
+
+def _learner_on_cuda(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def _validate_device(cfg: DictConfig) -> None:

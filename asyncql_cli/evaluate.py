@@ -47,12 +47,15 @@ def evaluate(
     episodes: int,
     seed: int,
     chunk: int = 16,
+    atari: Optional[dict[str, Any]] = None,
 ) -> EvalResult:
+    """Mean greedy return over `episodes` episodes; `atari` (the `env.atari` settings) plays
+    whole Atari games on raw rewards (no episodic life, no clipping)."""
     returns: list[float] = []
     lengths: list[int] = []
     for first in range(0, episodes, chunk):
         count = min(chunk, episodes - first)
-        envs = [make_env(env_id, env_kwargs, max_episode_steps) for _ in range(count)]
+        envs = [make_env(env_id, env_kwargs, max_episode_steps, atari=atari) for _ in range(count)]
         obs = [env.reset(seed=seed + first + k)[0] for k, env in enumerate(envs)]
         ret = np.zeros(count)
         length = np.zeros(count, dtype=np.int64)

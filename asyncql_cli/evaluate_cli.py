@@ -111,7 +111,7 @@ def run_eval(argv: list[str]) -> None:
     net.eval()
     max_steps: Optional[int] = plain["eval"].get("max_episode_steps") or env.get("max_episode_steps")
     started = time.monotonic()
-    result = evaluate(net, env["id"], env.get("kwargs") or {}, max_steps, episodes, seed)
+    result = evaluate(net, env["id"], env.get("kwargs") or {}, max_steps, episodes, seed, atari=env.get("atari"))
     report = {
         **result.summary(), "checkpoint": str(path), "env_id": env["id"], "seed": seed,
         "checkpoint_env_steps": state.get("env_steps"), "checkpoint_updates": state.get("updates"),

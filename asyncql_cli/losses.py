@@ -7,6 +7,9 @@ gamma^k if it was truncated after k < n steps, so truncation still bootstraps):
     DQN:         y = R + gamma^(n) * max_a Q^-(s', a)
     Double DQN:  y = R + gamma^(n) * Q^-(s', argmax_a Q(s', a))      (van Hasselt et al. 2016)
     loss = mean_i w_i * rho(y_i - Q(s_i, a_i)),  rho = Huber or squared error
+
+Under mixed precision (the learner's `algo.amp`) the networks may return bf16/fp16 Q-values;
+targets, TD errors and the loss are computed in float32 all the same.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def td_target(
     double: bool,
 ) -> torch.Tensor:
     with torch.no_grad():
-        next_q_target = target_net(next_obs)
+        next_q_target = target_net(next_obs).float()  # the target math in float32, also under autocast
         if double:
             next_action = q_net(next_obs).argmax(dim=1, keepdim=True)
         else:
@@ -58,7 +61,7 @@ def td_loss(
     weight: Optional[torch.Tensor] = None,
 ) -> TDOutput:
     y = td_target(q_net, target_net, reward, next_obs, discount, double)
-    q = q_net(obs).gather(1, action.unsqueeze(1)).squeeze(1)
+    q = q_net(obs).float().gather(1, action.unsqueeze(1)).squeeze(1)
     td_error = y - q
     if loss == "huber":
         per_sample = F.huber_loss(q, y, reduction="none", delta=huber_delta)

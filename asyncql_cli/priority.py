@@ -66,6 +66,7 @@ class PrioritizedSampler:
         self.rng = np.random.default_rng(seed)
         self.seen = np.zeros(storage.num_segments, dtype=np.int64)  # cursors already ingested
         self.slot_logical = np.full(storage.capacity, -1, dtype=np.int64)
+        self.unusable = getattr(storage, "unusable", None)
 
     def _scaled(self, raw: np.ndarray) -> np.ndarray:
         return (np.abs(raw) + self.priority_eps) ** self.alpha
@@ -75,15 +76,18 @@ class PrioritizedSampler:
         s = self.storage
         cursors = s.cursors.numpy().copy()
         size, margin = s.segment_size, s.write_batch
-        for segment in np.flatnonzero(cursors != self.seen):
-            start = max(self.seen[segment], cursors[segment] - size)
-            logical = np.arange(start, cursors[segment])
+        # rows whose s_{t+k} is not written yet wait `lookahead` rows before they are drawable
+        usable = np.maximum(cursors - s.lookahead, 0)
+        for segment in np.flatnonzero(usable != self.seen):
+            start = max(self.seen[segment], usable[segment] - size)
+            logical = np.arange(start, usable[segment])
             slots = segment * size + logical % size
             self.tree.set(slots, self._scaled(s.priority.numpy()[slots]))
             self.slot_logical[slots] = logical
-            self.seen[segment] = cursors[segment]
-            # rows the segment's next write may overwrite are not sampled meanwhile
-            ahead = np.arange(cursors[segment], cursors[segment] + margin) - size
+            self.seen[segment] = usable[segment]
+            # rows the segment's next write may overwrite (or the oldest frame of whose stack
+            # it may) are not sampled meanwhile
+            ahead = np.arange(cursors[segment], cursors[segment] + margin + s.lookback) - size
             ahead = ahead[ahead >= 0]
             if ahead.size:
                 self.tree.set(segment * size + ahead % size, 0.0)
@@ -111,11 +115,19 @@ class PrioritizedSampler:
                 rows[name][torch.from_numpy(pending)] = value
             after = s.cursors.numpy()
             segment = drawn // s.segment_size
-            unsafe = self.slot_logical[drawn] < after[segment] + s.write_batch - s.segment_size
+            oldest_read = self.slot_logical[drawn] - s.lookback
+            unsafe = oldest_read < after[segment] + s.write_batch - s.segment_size
+            if self.unusable is not None:
+                flagged = self.unusable(torch.from_numpy(drawn)) & ~unsafe
+                if flagged.any():
+                    self.tree.set(drawn[flagged], 0.0)  # never a transition: not drawn again
+                    unsafe |= flagged
             pending = pending[unsafe]
             if pending.size:
                 self.ingest()
                 total = self.tree.total
+                if total <= 0:
+                    return None
         probability = self.tree.get(slots) / total
         held = max(1, int(np.count_nonzero(self.slot_logical >= 0)))
         weight = (held * probability) ** (-beta)

@@ -13,6 +13,11 @@ positions among committed rows, leaving out the `write_batch` oldest ones (the s
 next batch may overwrite), gathers them, then re-reads the cursors and redraws any row that
 a write started meanwhile could have touched. So a sampled row is never half-written,
 even when the ring wraps or an actor dies in the middle of a batch.
+
+The samplers serve any storage with this interface (`frame_replay.FrameStorage` too): a
+storage whose rows read `lookback` older rows (a frame stack) and `lookahead` newer ones
+(s_{t+k}) keeps that many rows away from each end, and one with an `unusable(slots)` check
+has the rows it flags redrawn.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 
 FIELDS = ("obs", "action", "reward", "next_obs", "discount")
+# a draw whose rows keep being torn or unusable this many times in a row is given up (None)
+MAX_REDRAW_ROUNDS = 100
 
 
 @dataclass
@@ -38,9 +45,25 @@ class Batch:
     index: torch.Tensor
     weight: Optional[torch.Tensor] = None
 
-    def to(self, device: torch.device) -> Batch:
-        moved = {name: getattr(self, name).to(device, non_blocking=True) for name in FIELDS}
-        weight = None if self.weight is None else self.weight.to(device, non_blocking=True)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields a learner reads on its device: all but `index` (and `weight` when None)."""
+        fields = {name: getattr(self, name) for name in FIELDS}
+        if self.weight is not None:
+            fields["weight"] = self.weight
+        return fields
+
+    def to(self, device: torch.device, staging: Optional[dict[str, torch.Tensor]] = None) -> Batch:
+        """This batch on `device`; `index` stays on the host, where the samplers use it.
+
+        `staging`: host tensors shaped like `tensors()` (pinned, for CUDA). The fields are
+        copied into them first, because a non_blocking copy to the device is asynchronous only
+        from pinned memory; the caller must not rewrite them until that copy has run. On a CPU
+        device the returned batch reads the staging tensors themselves."""
+        fields = self.tensors()
+        if staging is not None:
+            fields = {name: staging[name].copy_(value) for name, value in fields.items()}
+        moved = {name: value.to(device, non_blocking=True) for name, value in fields.items()}
+        weight = moved.pop("weight", None)
         return Batch(**moved, index=self.index, weight=weight)
 
 
@@ -79,6 +102,9 @@ class ReplayStorage:
         # initial |TD error| per row, computed by the writing actor (read by prioritized samplers)
         self.priority = torch.ones(size).share_memory_()
         self.cursors = torch.zeros(num_segments, dtype=torch.int64).share_memory_()
+        self.columns = FIELDS  # what `save_replay` writes
+        self.lookback = 0  # a row reads only itself
+        self.lookahead = 0
 
     @property
     def capacity(self) -> int:
@@ -116,17 +142,19 @@ class UniformSampler:
     def __init__(self, storage: ReplayStorage, seed: int):
         self.storage = storage
         self.generator = torch.Generator().manual_seed(seed)
+        self.unusable = getattr(storage, "unusable", None)
 
     def _window(self, cursors: np.ndarray) -> np.ndarray:
         """Rows per segment that may be sampled: committed ones minus the in-flight margin."""
-        return np.minimum(cursors, self.storage.segment_size - self.storage.write_batch)
+        s = self.storage
+        return np.maximum(np.minimum(cursors, s.segment_size - s.write_batch - s.lookback) - s.lookahead, 0)
 
     def _draw(self, count: int, cursors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Uniform (segment, logical position) pairs among the sampleable rows."""
         ends = self._window(cursors).cumsum()
         draw = torch.randint(int(ends[-1]), (count,), generator=self.generator).numpy()
         segment = np.searchsorted(ends, draw, side="right")
-        logical = cursors[segment] - ends[segment] + draw
+        logical = cursors[segment] - self.storage.lookahead - ends[segment] + draw
         return segment, logical
 
     def _slots(self, segment: np.ndarray, logical: np.ndarray) -> torch.Tensor:
@@ -135,17 +163,21 @@ class UniformSampler:
 
     def sample(self, batch_size: int) -> Optional[Batch]:
         storage = self.storage
-        size, margin = storage.segment_size, storage.write_batch
+        size, margin, lookback = storage.segment_size, storage.write_batch, storage.lookback
         cursors = storage.cursors.numpy().copy()
         if int(self._window(cursors).sum()) == 0:
             return None
         segment, logical = self._draw(batch_size, cursors)
         slots = self._slots(segment, logical)
         rows = storage.gather(slots)
-        while True:
+        for _ in range(MAX_REDRAW_ROUNDS):
             after = storage.cursors.numpy().copy()
-            # A row is safe if no write begun by now (up to cursor + write_batch) reaches it.
-            torn = np.flatnonzero(logical < after[segment] + margin - size)
+            # A row is safe if no write begun by now (up to cursor + write_batch) reaches it
+            # (nor the oldest frame of its stack).
+            bad = logical - lookback < after[segment] + margin - size
+            if self.unusable is not None:
+                bad |= self.unusable(slots)
+            torn = np.flatnonzero(bad)
             if torn.size == 0:
                 break
             # Redraw from the current window: a writer that moved on by more than the window
@@ -155,4 +187,6 @@ class UniformSampler:
             slots[redrawn] = self._slots(segment[torn], logical[torn])
             for name, value in storage.gather(slots[redrawn]).items():
                 rows[name][redrawn] = value
+        else:
+            return None  # nearly every row is unusable (only final rows so far): try later
         return Batch(**rows, index=slots)

@@ -42,6 +42,7 @@ from asyncql_cli.builders import (
     checkpoint_meta,
     connect_components,
     hogwild,
+    storage_bytes,
 )
 from asyncql_cli.checkpoint import (
     check_compatible,
@@ -54,11 +55,11 @@ from asyncql_cli.checkpoint import (
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import inspect_env
 from asyncql_cli.evaluate import evaluate
+from asyncql_cli.frame_replay import describe
 from asyncql_cli.hogwild import load_into_shared
 from asyncql_cli.learner import Learner, last_checkpoint_name, learner_main
 from asyncql_cli.networks import build_network
 from asyncql_cli.process_server import stop_process_server
-from asyncql_cli.replay import replay_bytes
 from asyncql_cli.reporting import Reporter
 from asyncql_cli.video import record_to_run
 
@@ -217,7 +218,7 @@ class Run:
     def _greedy_mean(self, net: torch.nn.Module, episodes: int, seed: int) -> float:
         env, ev = self.plain["env"], self.plain["eval"]
         return evaluate(net, self.spec.env_id, env["kwargs"], ev["max_episode_steps"] or env["max_episode_steps"],
-                        episodes, seed).mean
+                        episodes, seed, atari=env.get("atari")).mean
 
     def _confirm_threshold(self) -> Optional[float]:
         """The lowest return that would count (stop or solved): evaluations reaching it are confirmed."""
@@ -299,9 +300,10 @@ class Run:
     def execute(self) -> int:
         plain = self.plain
         env = plain["env"]
-        self.spec = inspect_env(env["id"], env["kwargs"], env["max_episode_steps"])
+        self.spec = inspect_env(env["id"], env["kwargs"], env["max_episode_steps"], atari=env.get("atari"),
+                                network_name=plain["network"]["name"])
         if plain["buffer"]["name"] != "none":
-            check_memory(replay_bytes(plain["buffer"]["capacity"], self.spec.obs_shape, "float32"))
+            check_memory(storage_bytes(plain, self.spec))
         try:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -325,6 +327,8 @@ class Run:
                                  purge_step=c.counters.total_env_steps() if plain["resume"] else None)
         self.reporter.best_eval = self.best_eval
         log.info("run dir %s (main pid %d)", self.run_dir, os.getpid())
+        if c.storage is not None:
+            log.info("%s (%.2f GB of shared memory)", describe(c.storage), storage_bytes(plain, self.spec) / 1e9)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start = time.monotonic()
         try:

@@ -61,10 +61,12 @@ def record_video(
     out_path: str | Path,
     fps: Optional[float] = None,
     max_frames: int = MAX_FRAMES,
+    atari: Optional[dict[str, Any]] = None,
 ) -> VideoResult:
     """Play `episodes` greedy episodes (episode k: seed + k), write them as one mp4.
 
-    Recording stops after `max_frames` frames (the episode in progress is cut there).
+    Recording stops after `max_frames` frames (the episode in progress is cut there). With
+    `atari` (the `env.atari` settings) the env is the evaluation's: whole games, raw rewards.
     """
     if episodes < 1:
         raise ValueError(f"episodes={episodes}: expected >= 1")
@@ -75,7 +77,7 @@ def record_video(
     # offscreen rgb_array rendering needs no display; without this pygame probes for one and
     # prints an error line on headless machines (XDG_RUNTIME_DIR ...)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    env = make_env(env_id, env_kwargs, max_episode_steps, render_mode="rgb_array")
+    env = make_env(env_id, env_kwargs, max_episode_steps, render_mode="rgb_array", atari=atari)
     try:
         if fps is None:
             fps = float((env.metadata or {}).get("render_fps") or DEFAULT_FPS)
@@ -189,6 +191,7 @@ def record_to_run(q_net: nn.Module, plain: dict[str, Any], out_path: str | Path,
         q_net, env["id"], env.get("kwargs") or {}, ev.get("max_episode_steps") or env.get("max_episode_steps"),
         episodes if episodes is not None else int(ev.get("video_episodes") or 1),
         seed if seed is not None else int(ev["seed"]), out_path, fps=ev.get("video_fps"),
+        atari=env.get("atari"),
     )
     add_video_to_tensorboard(writer, "eval/video", result.frames, result.fps, step)
     return result

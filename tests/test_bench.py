@@ -70,6 +70,25 @@ def test_bench_reports_every_measurement_and_leaves_no_process(tmp_path: Path) -
     assert leftover_children() == before
 
 
+@pytest.mark.timeout(120)
+def test_bench_measures_the_nature_cnn_learner(tmp_path: Path) -> None:
+    """An Atari env file selects nature_cnn: batch 32 of uint8 frames from the frame replay,
+    both sides of the learner ratio measured on this machine's learner device."""
+    pytest.importorskip("ale_py", reason="Atari envs need ale-py")
+    out = tmp_path / "bench.json"
+    run_bench(["--env", "Pong", "--only", "learner", "--seconds", "0.2", "--capacity", "2048",
+               "--json", str(out)])
+    report = json.loads(out.read_text())
+    settings = report["settings"]
+    assert (settings["network"], settings["batch_size"], settings["hidden"]) == ("nature_cnn", 32, [512])
+    results = {r["name"]: r for r in report["results"]}
+    assert set(results) == {"learner.bare_torch", "learner.update"}
+    assert results["learner.bare_torch"]["value"] > 0 and results["learner.update"]["value"] > 0
+    assert results["learner.update"]["ratio"] == pytest.approx(
+        results["learner.update"]["value"] / results["learner.bare_torch"]["value"])
+    assert "FrameStorage" in results["learner.update"]["note"]
+
+
 def test_bench_only_runs_the_chosen_parts(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run_bench(["--seconds", "0.1", "--only", "replay", "--hidden", "32", "--json", str(out)])
@@ -83,6 +102,10 @@ def test_bench_only_runs_the_chosen_parts(tmp_path: Path) -> None:
     ["--seconds", "abc"],
     ["--actors", "1,x"],
     ["--hidden", "64,-1"],
+    ["--capacity", "0"],
+    ["--network", "resnet"],
+    ["--amp", "fp8"],
+    ["--network", "nature_cnn", "--only", "learner"],  # CartPole has no image observations
     ["--device", "tpu"],
     ["--no-such-flag"],
 ])

@@ -44,6 +44,8 @@ TRAIN_CASES = [
     ("unknown-group-option", ["env=NoSuch"], ["env/NoSuch"]),
     ("replay-larger-than-memory", ["buffer.capacity=2000000000", "train.learning_starts=1000"],
      ["buffer.capacity", "MiB"]),
+    ("unknown-atari-game", ["env=atari", "env.id=ALE/NoSuchGame-v5"], ["env.id", "ALE/NoSuchGame-v5"]),
+    ("atari-with-mlp", ["env=Pong", "network=mlp"], ["ALE/Pong-v5", "network=mlp", "nature_cnn"]),
 ]
 
 

@@ -15,7 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 from asyncql_cli.config import BadInput, validate
 
 # Overrides an option needs to be complete (env=gym has no id of its own).
-OPTION_NEEDS = {("env", "gym"): ["env.id=CartPole-v1"], ("buffer", "none"): ["algo.mode=actor_learner"]}
+OPTION_NEEDS = {("env", "gym"): ["env.id=CartPole-v1"], ("env", "atari"): ["env.id=ALE/Pong-v5"],
+                ("buffer", "none"): ["algo.mode=actor_learner"]}
 
 
 def _all_options() -> list[tuple[str, str]]:
