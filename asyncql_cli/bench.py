@@ -453,8 +453,10 @@ def stop_processes(c: Components, timeout: float) -> None:
     stop_process_server()
 
 
-def bench_actor_processes(plain: dict[str, Any], spec: EnvSpec, count: int, seconds: float) -> Result:
-    """`count` spawned `actor_main` processes; aggregate env steps/s from the shared counters."""
+def bench_actor_processes(plain: dict[str, Any], spec: EnvSpec, count: int, seconds: float,
+                          base_rate: Optional[float] = None) -> Result:
+    """`count` spawned `actor_main` processes; aggregate env steps/s from the shared counters
+    (and, given the rate of one process, the scaling against it)."""
     scaled = with_actors(plain, count)
     p = scaled["parallelism"]
     c = connect_components(scaled, spec, serial=False)
@@ -477,8 +479,12 @@ def bench_actor_processes(plain: dict[str, Any], spec: EnvSpec, count: int, seco
         rate = (c.counters.total_env_steps() - steps) / (time.perf_counter() - start)
     finally:
         stop_processes(c, p["join_timeout_seconds"])
-    return Result(f"actor.processes_{count}", rate, "env steps/s", RAW_ENV,
-                  note=f"{count} actor_main process(es), aggregate, {rate / count:,.0f}/process")
+    note = f"{count} actor_main process(es), aggregate, {rate / count:,.0f}/process"
+    if scaled["env"].get("atari"):
+        note += f", {rate * scaled['env']['atari']['frame_skip']:,.0f} frames/s"
+    if base_rate:
+        note += f", {rate / base_rate:.2f}x 1 process"  # the scaling with cores
+    return Result(f"actor.processes_{count}", rate, "env steps/s", RAW_ENV, note=note)
 
 
 # ------------------------------------------------------------------- replay and learner
@@ -650,8 +656,11 @@ def run_parts(args: argparse.Namespace, plain: dict[str, Any], spec: EnvSpec) ->
     if "env" in args.only or "actor" in args.only:
         results += bench_env_and_actor(args.only, plain, spec, args.seconds)
     if "actor" in args.only:
+        base_rate = None
         for count in args.actors:
-            results.append(bench_actor_processes(plain, spec, count, args.seconds))
+            results.append(bench_actor_processes(plain, spec, count, args.seconds, base_rate))
+            if count == 1:
+                base_rate = results[-1].value
     if "replay" in args.only:
         results += bench_replay(plain, spec, args.seconds)
     if "learner" in args.only:

@@ -55,7 +55,7 @@ from asyncql_cli.checkpoint import (
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import inspect_env
 from asyncql_cli.evaluate import evaluate
-from asyncql_cli.frame_replay import describe
+from asyncql_cli.frame_replay import describe, human_bytes
 from asyncql_cli.hogwild import load_into_shared
 from asyncql_cli.learner import Learner, last_checkpoint_name, learner_main
 from asyncql_cli.networks import build_network
@@ -328,7 +328,7 @@ class Run:
         self.reporter.best_eval = self.best_eval
         log.info("run dir %s (main pid %d)", self.run_dir, os.getpid())
         if c.storage is not None:
-            log.info("%s (%.2f GB of shared memory)", describe(c.storage), storage_bytes(plain, self.spec) / 1e9)
+            log.info("%s (%s of shared memory)", describe(c.storage), human_bytes(storage_bytes(plain, self.spec)))
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start = time.monotonic()
         try:

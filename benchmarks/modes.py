@@ -25,7 +25,7 @@ MODES: dict[str, list[str]] = {
     "independent learners K=2": ["parallelism.num_learners=2"],
     "Hogwild learners K=2": ["parallelism.num_learners=2", "parallelism.learner_sharing=shared"],
     "actor-learners (Mnih 2016)": ["algo.mode=actor_learner", "buffer=none", "exploration.schedule=mnih2016",
-                                   "parallelism.envs_per_actor=1"],
+                                   "parallelism.envs_per_actor=1", "algo.lr=1e-3"],
 }
 SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "MountainCar-v0": -110.0, "LunarLander-v3": 200.0}
 EVAL_SEED = 2_000_000_000

@@ -66,6 +66,23 @@ def roles(root: int) -> dict[str, int]:
     return out
 
 
+def marked(mark: str) -> dict[int, str]:
+    """Every live process whose environment holds ASYNCQL_TEST_MARK=`mark`: a run started with
+    that variable and everything it started, wherever they were reparented."""
+    found: dict[int, str] = {}
+    needle = f"ASYNCQL_TEST_MARK={mark}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if needle in environ.split(b"\0") and alive(int(entry)):
+            found[int(entry)] = cmdline(int(entry))
+    return found
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -19,9 +19,11 @@ from frame_envs import STACK, TIME_LIMIT, episode_length, frame_writer, make_act
 from test_nstep import RecordingEnvs, reference_transitions
 
 from asyncql_cli.atari import atari_settings
+from asyncql_cli.checkpoint import load_replay_into, save_replay
+from asyncql_cli.config import BadInput
 from asyncql_cli.frame_replay import FrameStorage, frame_replay_bytes
 from asyncql_cli.priority import PrioritizedSampler
-from asyncql_cli.replay import UniformSampler
+from asyncql_cli.replay import ReplayStorage, UniformSampler
 
 GAMMA = 0.9
 OBS_SHAPE = frame_envs.OBS_SHAPE
@@ -249,3 +251,25 @@ def test_rows_left_by_an_actor_that_died_mid_episode_are_never_sampled():
         for i in range(16):
             check_transition(batch.obs[i].numpy(), int(batch.action[i]), float(batch.reward[i]),
                              batch.next_obs[i].numpy(), float(batch.discount[i]), n_step)
+
+
+def test_saved_frame_replay_refills_a_new_storage_with_the_same_transitions(tmp_path):
+    n_step = 3
+    storage = FrameStorage(2 * 2 * 128, 4, 8, OBS_SHAPE, n_step)
+    fill(storage, 2, 2, n_step, 300)  # wrapped: each ring holds only its newest rows
+    path = tmp_path / "replay.pt"
+    saved = save_replay(storage, path)
+    assert saved == storage.size()
+    restored = FrameStorage(2 * 2 * 128, 4, 8, OBS_SHAPE, n_step)
+    assert load_replay_into(restored, path) == saved
+    for segment in range(4):
+        old = torch.arange(int(storage.cursors[segment]) - storage.segment_size, int(storage.cursors[segment]))
+        old_slots = segment * storage.segment_size + old % storage.segment_size
+        new_slots = segment * restored.segment_size + torch.arange(storage.segment_size)
+        keep = ~torch.from_numpy(storage.unusable(old_slots))
+        assert keep.sum() > storage.segment_size // 2
+        before, after = storage.gather(old_slots[keep]), restored.gather(new_slots[keep])
+        for name in before:
+            assert torch.equal(before[name], after[name]), name
+    with pytest.raises(BadInput, match="another kind of replay"):
+        load_replay_into(ReplayStorage(64, 1, 8, (4,)), path)
