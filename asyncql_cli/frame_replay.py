@@ -28,6 +28,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from asyncql_cli.replay import SegmentedRings
+
 # stored per row, besides the priority (`save_replay` writes these)
 COLUMNS = ("frame", "action", "reward", "discount", "bootstrap", "episode_step")
 SMALL_FIELD_BYTES = 8 + 4 + 4 + 8 + 4 + 4  # action, reward, discount, bootstrap, episode_step, priority
@@ -50,50 +52,27 @@ def frame_replay_bytes(capacity: int, frame_shape: tuple[int, ...]) -> int:
     return capacity * (int(np.prod(frame_shape)) + SMALL_FIELD_BYTES)
 
 
-class FrameStorage:
+class FrameStorage(SegmentedRings):
     """Per-stream rings of single frames plus the small fields to rebuild n-step transitions."""
+
+    columns = COLUMNS  # what `save_replay` writes
 
     def __init__(self, capacity: int, num_segments: int, write_batch: int,
                  obs_shape: tuple[int, ...], n_step: int):
+        super().__init__(capacity, num_segments, write_batch)
         self.stack = int(obs_shape[0])
-        self.segment_size = capacity // num_segments
         if self.segment_size <= write_batch + self.stack + n_step:
             raise ValueError(f"{capacity} rows over {num_segments} streams leave too few rows per stream")
-        self.num_segments = num_segments
-        self.write_batch = write_batch
         self.lookback = self.stack - 1
         self.lookahead = n_step
-        size = self.segment_size * num_segments
+        size = self.capacity
         self.frame = shared_zeros((size, *obs_shape[1:]))
         self.action = torch.full((size,), -1, dtype=torch.int64).share_memory_()
         self.reward = torch.full((size,), float("nan")).share_memory_()
         self.discount = torch.full((size,), float("nan")).share_memory_()
         self.bootstrap = torch.zeros(size, dtype=torch.int64).share_memory_()
         self.episode_step = torch.full((size,), -1, dtype=torch.int32).share_memory_()
-        self.priority = torch.ones(size).share_memory_()
-        self.cursors = torch.zeros(num_segments, dtype=torch.int64).share_memory_()
-        self.columns = COLUMNS
         self._back = torch.arange(self.lookback, -1, -1)  # j = stack-1 .. 0
-
-    @property
-    def capacity(self) -> int:
-        return self.segment_size * self.num_segments
-
-    def size(self) -> int:
-        """Committed rows currently held (all streams)."""
-        return int(self.cursors.clamp(max=self.segment_size).sum())
-
-    def write(self, segment: int, rows: dict[str, torch.Tensor]) -> None:
-        """Writer of `segment` only: rows in time order, in chunks of at most `write_batch`."""
-        count = rows["action"].shape[0]
-        for begin in range(0, count, self.write_batch):
-            end = min(begin + self.write_batch, count)
-            start = int(self.cursors[segment])
-            slots = segment * self.segment_size + (torch.arange(start, start + end - begin) % self.segment_size)
-            for name in (*COLUMNS, "priority"):
-                if name in rows:
-                    getattr(self, name).index_copy_(0, slots, rows[name][begin:end])
-            self.cursors[segment] = start + end - begin  # commit after the data is in place
 
     def _stack_slots(self, slots: torch.Tensor) -> torch.Tensor:
         """(B, stack) slots of the frames of each row's observation, clamped at its episode start."""

@@ -77,34 +77,22 @@ def _torch_dtype(obs_dtype: str) -> torch.dtype:
     return torch.uint8 if obs_dtype == "uint8" else torch.float32
 
 
-class ReplayStorage:
-    """Preallocated shared tensors plus one committed-count cursor per writer segment."""
+class SegmentedRings:
+    """What every shared storage has: one ring segment per writer, a committed-count cursor
+    per segment, and batched writes that commit only once the data is in place. A subclass
+    allocates its `columns` (plus `priority`) as shared tensors of `capacity` rows."""
 
-    def __init__(
-        self,
-        capacity: int,
-        num_segments: int,
-        write_batch: int,
-        obs_shape: tuple[int, ...],
-        obs_dtype: str = "float32",
-    ):
+    columns: tuple[str, ...] = ()
+    lookback = 0  # older rows a row's transition reads (a frame stack)
+    lookahead = 0  # newer rows it reads (s_{t+k} stored later)
+
+    def __init__(self, capacity: int, num_segments: int, write_batch: int):
         self.segment_size = capacity // num_segments
         self.num_segments = num_segments
         self.write_batch = write_batch
-        size = self.segment_size * num_segments
-        dtype = _torch_dtype(obs_dtype)
-        sentinel = 0 if dtype == torch.uint8 else float("nan")
-        self.obs = torch.full((size, *obs_shape), sentinel, dtype=dtype).share_memory_()
-        self.next_obs = torch.full((size, *obs_shape), sentinel, dtype=dtype).share_memory_()
-        self.action = torch.full((size,), -1, dtype=torch.int64).share_memory_()
-        self.reward = torch.full((size,), float("nan")).share_memory_()
-        self.discount = torch.full((size,), float("nan")).share_memory_()
         # initial |TD error| per row, computed by the writing actor (read by prioritized samplers)
-        self.priority = torch.ones(size).share_memory_()
+        self.priority = torch.ones(self.capacity).share_memory_()
         self.cursors = torch.zeros(num_segments, dtype=torch.int64).share_memory_()
-        self.columns = FIELDS  # what `save_replay` writes
-        self.lookback = 0  # a row reads only itself
-        self.lookahead = 0
 
     @property
     def capacity(self) -> int:
@@ -115,19 +103,40 @@ class ReplayStorage:
         return int(self.cursors.clamp(max=self.segment_size).sum())
 
     def write(self, segment: int, rows: dict[str, torch.Tensor]) -> None:
-        """Writer of `segment` only. Store rows in chunks of at most `write_batch`."""
+        """Writer of `segment` only. Store rows (in time order) in chunks of at most `write_batch`."""
         count = rows["action"].shape[0]
         for begin in range(0, count, self.write_batch):
             end = min(begin + self.write_batch, count)
             start = int(self.cursors[segment])
-            slots = segment * self.segment_size + (
-                torch.arange(start, start + end - begin) % self.segment_size
-            )
-            for name in FIELDS:
-                getattr(self, name).index_copy_(0, slots, rows[name][begin:end])
-            if "priority" in rows:
-                self.priority.index_copy_(0, slots, rows["priority"][begin:end])
+            slots = segment * self.segment_size + (torch.arange(start, start + end - begin) % self.segment_size)
+            for name in (*self.columns, "priority"):
+                if name in rows:
+                    getattr(self, name).index_copy_(0, slots, rows[name][begin:end])
             self.cursors[segment] = start + end - begin  # commit after the data is in place
+
+
+class ReplayStorage(SegmentedRings):
+    """Preallocated shared n-step transitions (s, a, R, s', gamma^k), one segment per actor."""
+
+    columns = FIELDS  # what `save_replay` writes
+
+    def __init__(
+        self,
+        capacity: int,
+        num_segments: int,
+        write_batch: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: str = "float32",
+    ):
+        super().__init__(capacity, num_segments, write_batch)
+        size = self.capacity
+        dtype = _torch_dtype(obs_dtype)
+        sentinel = 0 if dtype == torch.uint8 else float("nan")
+        self.obs = torch.full((size, *obs_shape), sentinel, dtype=dtype).share_memory_()
+        self.next_obs = torch.full((size, *obs_shape), sentinel, dtype=dtype).share_memory_()
+        self.action = torch.full((size,), -1, dtype=torch.int64).share_memory_()
+        self.reward = torch.full((size,), float("nan")).share_memory_()
+        self.discount = torch.full((size,), float("nan")).share_memory_()
 
     def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name).index_select(0, slots) for name in FIELDS}
