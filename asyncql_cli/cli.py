@@ -222,9 +222,11 @@ def entry() -> None:
 
     Every run has joined its children, closed its files and written its results by the time
     `main` returns (or exits); what a normal exit would add is the teardown of torch's
-    modules, a measurable share of a short run's wall-clock. Logging and multiprocessing's
-    exit hooks (they remove the forkserver's socket directory) still run. An exception other
-    than SystemExit takes Python's normal path (traceback, exit 1)."""
+    modules, a measurable share of a short run's wall-clock. The exit hooks still run, in
+    their usual order (logging; multiprocessing, which removes the forkserver's socket
+    directory). Only when nothing else is left running: a thread or a child process (joblib's
+    workers after a sweep) gets Python's normal shutdown. An exception other than SystemExit
+    also takes Python's normal path (traceback, exit 1)."""
     try:
         main()
         code: Any = 0
@@ -235,10 +237,13 @@ def entry() -> None:
     elif not isinstance(code, int):
         print(code, file=sys.stderr)  # what Python does with SystemExit("message")
         code = 1
-    import multiprocessing.util
+    import atexit
+    import multiprocessing
+    import threading
 
-    logging.shutdown()
-    multiprocessing.util._exit_function()
+    if threading.active_count() > 1 or multiprocessing.active_children():
+        raise SystemExit(code)  # e.g. joblib's workers after a sweep: they need the normal shutdown
+    atexit._run_exitfuncs()  # every exit hook, in the order a normal exit runs them
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -49,7 +49,9 @@ def _weights(path: Path) -> torch.Tensor:
 
 
 def test_independent_learners_train_two_different_networks_from_one_replay(tmp_path: Path) -> None:
+    # one update per env step for each network, so both have time to learn within 16k steps
     run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "train.total_env_steps=16000",
+                      "algo.replay_ratio=1.0", "algo.batch_size=64",
                       expect_roles={"learner-0", "learner-1", "actor-0", "actor-1"})
     first, second = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.learner1.pt"
     assert not torch.allclose(_weights(first), _weights(second))
