@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from frame_envs import STACK, TIME_LIMIT, episode_length, frame_writer, make_actor, reward_of
-from test_nstep import RecordingEnvs, reference_transitions
+from test_nstep import reference_transitions, run_recorded
 
 from asyncql_cli.atari import atari_settings
 from asyncql_cli.checkpoint import load_replay_into, save_replay
@@ -69,14 +69,7 @@ def test_replay_of_a_million_atari_transitions_fits_in_1_1_frames_each():
 
 
 def record_actor(settings, storage: FrameStorage, steps: int) -> list[dict]:
-    actor = make_actor(settings, storage)
-    recorder = RecordingEnvs(actor.envs, actor.obs)
-    actor.envs = recorder
-    for _ in range(steps):
-        actor.step()
-    actor.flush()
-    actor.close()
-    return recorder.steps
+    return run_recorded(make_actor(settings, storage), steps)
 
 
 def compare_with_recording(storage: FrameStorage, steps: list[dict], envs: int, n_step: int) -> None:

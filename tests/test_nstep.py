@@ -200,6 +200,17 @@ class RecordingEnvs:
         self.envs.close()
 
 
+def run_recorded(actor: Actor, steps: int) -> list[dict]:
+    """Step `actor` with its vector env recorded; flush and close it; return the record."""
+    recorder = RecordingEnvs(actor.envs, actor.obs)
+    actor.envs = recorder
+    for _ in range(steps):
+        actor.step()
+    actor.flush()
+    actor.close()
+    return recorder.steps
+
+
 def cartpole_next_state(state: np.ndarray, action: int) -> np.ndarray:
     """CartPole-v1 dynamics (Barto, Sutton & Anderson 1983; euler step, tau = 0.02)."""
     gravity, masscart, masspole, half_length, force_mag, tau = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
@@ -228,18 +239,12 @@ def run_actor(n_step: int, actor_steps: int, envs: int = 3, max_episode_steps: i
     )
     storage = ReplayStorage(4096, 1, settings.write_batch, (4,))
     params = ParameterStore(num_parameters(build_network(network, (4,), 2)))  # never published: random actions
-    actor = Actor(settings, storage, params, Counters(1), queue.SimpleQueue())
-    recorder = RecordingEnvs(actor.envs, actor.obs)
-    actor.envs = recorder
-    for _ in range(actor_steps):
-        actor.step()
-    actor.flush()
-    actor.close()
+    steps = run_recorded(Actor(settings, storage, params, Counters(1), queue.SimpleQueue()), actor_steps)
     count = int(storage.cursors[0])
     assert count < storage.capacity
     fields = ("obs", "action", "reward", "next_obs", "discount")
     rows = {name: getattr(storage, name)[:count].clone() for name in fields}
-    return recorder.steps, rows
+    return steps, rows
 
 
 @pytest.mark.parametrize("n", [1, 3])
