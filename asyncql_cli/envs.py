@@ -22,7 +22,6 @@ from gymnasium.vector import AutoresetMode
 from asyncql_cli.config import BadInput
 
 ALE_PREFIX = "ALE/"  # ids of ale-py's Atari games
-IMAGE_NETWORKS = {"nature_cnn": 3}  # networks taking (C, H, W) observations; others take flat ones
 
 
 @dataclass(frozen=True)
@@ -120,14 +119,11 @@ def inspect_env(
             f"env.id={env_id!r} has a {type(obs_space).__name__} observation space; "
             "the networks take a Box (flat vectors for mlp)"
         )
-    wanted = IMAGE_NETWORKS.get(network_name, 1)
-    if len(obs_space.shape) != wanted:
-        takes = "flat vectors" if wanted == 1 else "images (channels, height, width)"
-        hint = "; use network=nature_cnn" if len(obs_space.shape) == 3 else ""
-        raise BadInput(
-            f"env.id={env_id!r} has observations of shape {obs_space.shape}; "
-            f"network={network_name} takes {takes}{hint}"
-        )
+    from asyncql_cli.networks import shape_problem  # torch only here: envs.py stays light
+
+    problem = shape_problem(network_name, obs_space.shape)
+    if problem is not None:
+        raise BadInput(f"env.id={env_id!r}: {problem}")
     return EnvSpec(
         env_id=env_id,
         obs_shape=tuple(int(s) for s in obs_space.shape),

@@ -10,6 +10,7 @@ published as one flat tensor line up everywhere and checkpoints keep their names
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,26 +24,25 @@ NATURE_CONVS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 PIXEL_MAX = 255.0
 
 
-class QNetwork(nn.Module):
-    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], dueling: bool):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = obs_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.torso = nn.Sequential(*layers)
-        # the torso's Linear layers, called directly in forward: a small net's step time is
-        # mostly per-module call overhead (the learner runs three passes per update)
-        self._linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+def hidden_layers(width: int, hidden: Sequence[int]) -> tuple[list[nn.Module], int]:
+    """Linear + ReLU for each size in `hidden`, starting from `width`; and the width they end at."""
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return layers, width
+
+
+class QHead(nn.Module):
+    """The output layer every Q-network ends with: Q = A, or with dueling Q = V + A - mean A.
+    Registered after the torso, so parameters keep the order torso, advantage, value."""
+
+    def add_head(self, width: int, num_actions: int, dueling: bool) -> None:
         self.dueling = dueling
         self.advantage = nn.Linear(width, num_actions)
         self.value = nn.Linear(width, 1) if dueling else None
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = obs.float()
-        for linear in self._linears:  # same as self.torso(features)
-            features = torch.relu(F.linear(features, linear.weight, linear.bias))
+    def head(self, features: torch.Tensor) -> torch.Tensor:
         advantage = F.linear(features, self.advantage.weight, self.advantage.bias)
         if self.value is None:
             return advantage
@@ -50,7 +50,24 @@ class QNetwork(nn.Module):
         return value + advantage - advantage.mean(dim=1, keepdim=True)
 
 
-class NatureCNN(nn.Module):
+class QNetwork(QHead):
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], dueling: bool):
+        super().__init__()
+        layers, width = hidden_layers(obs_dim, hidden)
+        self.torso = nn.Sequential(*layers)
+        # the torso's Linear layers, called directly in forward: a small net's step time is
+        # mostly per-module call overhead (the learner runs three passes per update)
+        self._linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+        self.add_head(width, num_actions, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = obs.float()
+        for linear in self._linears:  # same as self.torso(features)
+            features = torch.relu(F.linear(features, linear.weight, linear.bias))
+        return self.head(features)
+
+
+class NatureCNN(QHead):
     """Nature DQN: conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1 (ReLU each), flatten, fully
     connected `hidden` layers (ReLU), then the head.
 
@@ -68,22 +85,12 @@ class NatureCNN(nn.Module):
             channels = out_channels
             height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
         self.conv = nn.Sequential(*convs, nn.Flatten())
-        layers: list[nn.Module] = []
-        width = channels * height * width
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
+        layers, features = hidden_layers(channels * height * width, hidden)
         self.fc = nn.Sequential(*layers)
-        self.dueling = dueling
-        self.advantage = nn.Linear(width, num_actions)
-        self.value = nn.Linear(width, 1) if dueling else None
+        self.add_head(features, num_actions, dueling)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = self.fc(self.conv(obs.float() / PIXEL_MAX))
-        advantage = self.advantage(features)
-        if self.value is None:
-            return advantage
-        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+        return self.head(self.fc(self.conv(obs.float() / PIXEL_MAX)))
 
 
 def min_image_size() -> int:
@@ -94,23 +101,34 @@ def min_image_size() -> int:
     return size
 
 
+def shape_problem(name: str, obs_shape: Sequence[int]) -> Optional[str]:
+    """Why network `name` cannot take observations of this shape (None: it can). The one check
+    behind both `build_network` and the env inspection."""
+    shape = tuple(int(size) for size in obs_shape)
+    if name == "nature_cnn":
+        smallest = min_image_size()
+        if len(shape) != 3 or min(shape[1:]) < smallest:
+            return (f"network=nature_cnn takes images (channels, height, width) of at least "
+                    f"{smallest}x{smallest} (Atari: 4x84x84), got shape {shape}")
+    elif len(shape) != 1:
+        hint = "; use network=nature_cnn" if len(shape) == 3 else ""
+        return f"network={name} takes flat vectors, got shape {shape}{hint}"
+    return None
+
+
 def build_network(network: dict, obs_shape: Sequence[int], num_actions: int) -> QNetwork | NatureCNN:
     """Build from the plain `network` config section (`name`: mlp | nature_cnn; mlp when
     absent) and the env's shapes; a shape the network cannot take is a BadInput."""
     name = network.get("name", "mlp")
+    if name not in ("mlp", "nature_cnn"):
+        raise BadInput(f"network.name={name!r}: expected mlp or nature_cnn")
+    problem = shape_problem(name, obs_shape)
+    if problem is not None:
+        raise BadInput(problem)
     hidden, dueling = list(network["hidden"]), bool(network["dueling"])
-    shape = tuple(int(size) for size in obs_shape)
     if name == "mlp":
-        if len(shape) != 1:
-            raise BadInput(f"network=mlp takes flat observations, got shape {shape} (images: network=nature_cnn)")
-        return QNetwork(shape[0], num_actions, hidden, dueling)
-    if name == "nature_cnn":
-        smallest = min_image_size()
-        if len(shape) != 3 or min(shape[1:]) < smallest:
-            raise BadInput(f"network=nature_cnn takes (channels, height, width) images of at least "
-                           f"{smallest}x{smallest} (Atari: 4x84x84), got shape {shape}")
-        return NatureCNN(shape, num_actions, hidden, dueling)
-    raise BadInput(f"network.name={name!r}: expected mlp or nature_cnn")
+        return QNetwork(int(obs_shape[0]), num_actions, hidden, dueling)
+    return NatureCNN(obs_shape, num_actions, hidden, dueling)
 
 
 def num_parameters(model: nn.Module) -> int:
