@@ -306,6 +306,7 @@ class Learner:
             self.sampler = PrioritizedSampler(storage, s.seed, s.alpha, s.priority_eps)
         else:
             self.sampler = UniformSampler(storage, seed=s.seed)
+        self.prioritized = isinstance(self.sampler, PrioritizedSampler)
         self.updates = 0
         self.skipped = 0
         self.stats_window = UpdateStats(s.index, s.stats_interval_seconds, stats_queue)
@@ -356,7 +357,7 @@ class Learner:
     def draw(self) -> Optional[Drawn]:
         """A batch from the replay, its copy to the device started; None if none can be drawn."""
         logical = None
-        if isinstance(self.sampler, PrioritizedSampler):
+        if self.prioritized:
             batch = self.sampler.sample(self.s.batch_size, self.beta())
             logical = None if batch is None else self.sampler.logical_of(batch.index)
         else:
@@ -389,9 +390,8 @@ class Learner:
             )
         if self.s.prefetch:
             self.next = self.draw()
-        prioritized = isinstance(self.sampler, PrioritizedSampler)
         # queued before the sync below, so it is on the host by then (no second wait)
-        td_error = out.td_error.to("cpu", non_blocking=True) if prioritized else None
+        td_error = out.td_error.to("cpu", non_blocking=True) if self.prioritized else None
         loss = out.loss.item()  # the one host sync of an update: finiteness check and stats
         if not loss_is_finite(loss, self.updates + 1, self.s.nonfinite):
             self.skipped += 1
@@ -400,7 +400,7 @@ class Learner:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate()
         grad_norm = gradient_step(self.parameters, self.optimizer, out.loss, self.s.max_grad_norm, self.scaler)
-        if prioritized:
+        if self.prioritized:
             self.sampler.update_priorities(batch.index, td_error, drawn.logical)
         self.updates += 1
         self.counters.learner_updates[self.s.index] = self.updates

@@ -179,16 +179,18 @@ class UniformSampler:
         segment, logical = self._draw(batch_size, cursors)
         slots = self._slots(segment, logical)
         rows = storage.gather(slots)
+        fresh = np.arange(batch_size)  # rows drawn in this round, not yet checked for use
         for _ in range(MAX_REDRAW_ROUNDS):
             after = storage.cursors.numpy().copy()
             # A row is safe if no write begun by now (up to cursor + write_batch) reaches it
             # (nor the oldest frame of its stack).
             bad = logical - lookback < after[segment] + margin - size
-            if self.unusable is not None:
-                bad |= self.unusable(slots)
+            if self.unusable is not None:  # a row's own content does not change while it is safe
+                bad[fresh] |= self.unusable(slots[torch.from_numpy(fresh)])
             torn = np.flatnonzero(bad)
             if torn.size == 0:
                 break
+            fresh = torn
             # Redraw from the current window: a writer that moved on by more than the window
             # has overwritten every row of the old one, and redrawing there would never end.
             segment[torn], logical[torn] = self._draw(torn.size, after)

@@ -55,6 +55,22 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parent.parent
 
 # rl-baselines3-zoo, hyperparams/dqn.yml (https://github.com/DLR-RM/rl-baselines3-zoo), verbatim.
+# The zoo gives Acrobot-v1 ("Tuned") and LunarLander the same values.
+ZOO_ACROBOT_LUNARLANDER: dict[str, Any] = {
+    "n_timesteps": 1e5,
+    "policy": "MlpPolicy",
+    "learning_rate": 6.3e-4,
+    "batch_size": 128,
+    "buffer_size": 50000,
+    "learning_starts": 0,
+    "gamma": 0.99,
+    "target_update_interval": 250,
+    "train_freq": 4,
+    "gradient_steps": -1,
+    "exploration_fraction": 0.12,
+    "exploration_final_eps": 0.1,
+    "policy_kwargs": {"net_arch": [256, 256]},
+}
 ZOO_DQN: dict[str, dict[str, Any]] = {
     "CartPole-v1": {  # "Almost Tuned"
         "n_timesteps": 5e4,
@@ -71,21 +87,7 @@ ZOO_DQN: dict[str, dict[str, Any]] = {
         "exploration_final_eps": 0.04,
         "policy_kwargs": {"net_arch": [256, 256]},
     },
-    "Acrobot-v1": {  # "Tuned"
-        "n_timesteps": 1e5,
-        "policy": "MlpPolicy",
-        "learning_rate": 6.3e-4,
-        "batch_size": 128,
-        "buffer_size": 50000,
-        "learning_starts": 0,
-        "gamma": 0.99,
-        "target_update_interval": 250,
-        "train_freq": 4,
-        "gradient_steps": -1,
-        "exploration_fraction": 0.12,
-        "exploration_final_eps": 0.1,
-        "policy_kwargs": {"net_arch": [256, 256]},
-    },
+    "Acrobot-v1": ZOO_ACROBOT_LUNARLANDER,
     "MountainCar-v0": {  # "Tuned"
         "n_timesteps": 1.2e5,
         "policy": "MlpPolicy",
@@ -101,21 +103,8 @@ ZOO_DQN: dict[str, dict[str, Any]] = {
         "exploration_final_eps": 0.07,
         "policy_kwargs": {"net_arch": [256, 256]},
     },
-    "LunarLander-v3": {  # the zoo's LunarLander entry (written for v2; same dynamics in v3)
-        "n_timesteps": 1e5,
-        "policy": "MlpPolicy",
-        "learning_rate": 6.3e-4,
-        "batch_size": 128,
-        "buffer_size": 50000,
-        "learning_starts": 0,
-        "gamma": 0.99,
-        "target_update_interval": 250,
-        "train_freq": 4,
-        "gradient_steps": -1,
-        "exploration_fraction": 0.12,
-        "exploration_final_eps": 0.1,
-        "policy_kwargs": {"net_arch": [256, 256]},
-    },
+    # the zoo's LunarLander entry (written for v2; same dynamics in v3) has Acrobot's values
+    "LunarLander-v3": ZOO_ACROBOT_LUNARLANDER,
 }
 
 # The usual "solved" mean returns (gymnasium's reward_threshold for CartPole-v1).
