@@ -195,7 +195,7 @@ class Actor:
         updates = self.params.read_into(self.q_net)
         if updates is not None:
             self.weights_updates = updates
-            self.counters.actor_updates[self.s.actor_id] = updates
+            self.counters.arrays.actor_updates[self.s.actor_id] = updates
         self.steps_since_sync = 0
 
     def select_actions(self, eps: np.ndarray) -> np.ndarray:
@@ -250,7 +250,7 @@ class Actor:
         self.steps_since_sync += n
         if self.storage is not None and self.flush_due():
             self.flush()
-        self.counters.env_steps[self.s.actor_id] = self.steps
+        self.counters.arrays.env_steps[self.s.actor_id] = self.steps
 
     def report_episodes(self, rewards: np.ndarray, done: np.ndarray, info: dict[str, Any],
                         eps: np.ndarray) -> None:

@@ -79,8 +79,8 @@ class ActorLearner:
             return False
         grad_norm = apply_gradients(self.parameters, self.shared.optimizer, out.loss, self.s.max_grad_norm)
         self.updates += 1
-        self.counters.learner_updates[self.index] = self.updates
-        self.counters.actor_updates[self.index] = self.counters.updates()
+        self.counters.arrays.learner_updates[self.index] = self.updates
+        self.counters.arrays.actor_updates[self.index] = self.counters.updates()
         if self.primary:
             copies = self.counters.total_env_steps() // self.s.target_update
             if copies > self.target_copies:

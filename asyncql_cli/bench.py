@@ -509,18 +509,18 @@ def bench_replay(plain: dict[str, Any], spec: EnvSpec, seconds: float) -> list[R
     ]
 
 
-def bare_torch_step(plain: dict[str, Any], spec: EnvSpec, device: torch.device,
-                    like: torch.optim.Optimizer) -> Step:
-    """The same TD step with nothing around it: no sampling, clipping, stats or publishing.
-    The optimizer is built like `like` (the learner's: same class and settings, e.g. fused);
-    mixed precision and torch.compile as the learner's (`algo.amp`, `algo.compile`)."""
+def bare_torch_step(plain: dict[str, Any], spec: EnvSpec, device: torch.device) -> Step:
+    """The same TD step as a plain torch script writes it, with nothing around it: no sampling,
+    clipping, stats or publishing, and `torch.optim.Adam(fused=True)` (the learner's own Adam
+    runs the same kernel); mixed precision and torch.compile as the learner's (`algo.amp`,
+    `algo.compile`)."""
     a, b = plain["algo"], plain["algo"]["batch_size"]
     torch.manual_seed(plain["seed"])
     q_net = build_network(plain["network"], spec.obs_shape, spec.num_actions).to(device)
     target_net = build_network(plain["network"], spec.obs_shape, spec.num_actions).to(device)
     target_net.load_state_dict(q_net.state_dict())
     target_net.requires_grad_(False)
-    optimizer = type(like)(q_net.parameters(), **like.defaults)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=a["lr"], eps=a["adam_eps"], fused=True)
     batch = {name: value.to(device) for name, value in random_rows(b, plain, spec).items()}
     scaler = grad_scaler(device, a["amp"])
     forward_q, forward_target = q_net, target_net
@@ -548,11 +548,6 @@ def bare_torch_step(plain: dict[str, Any], spec: EnvSpec, device: torch.device,
     return step
 
 
-def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
-    flags = [flag for flag in ("fused", "foreach") if optimizer.defaults.get(flag)]
-    return type(optimizer).__name__ + (f" ({', '.join(flags)})" if flags else "")
-
-
 def bench_learner(plain: dict[str, Any], spec: EnvSpec, seconds: float) -> list[Result]:
     c = filled_components(plain, spec)
     with tempfile.TemporaryDirectory(prefix="asyncql-bench-") as run_dir:  # nothing is saved there
@@ -563,13 +558,13 @@ def bench_learner(plain: dict[str, Any], spec: EnvSpec, seconds: float) -> list[
         def update() -> int:
             return int(learner.update())
 
-        bare = bare_torch_step(plain, spec, device, learner.optimizer)
+        bare = bare_torch_step(plain, spec, device)
         rates = measure({BARE_TORCH: bare, LEARNER: update}, seconds, device_sync(device))
     a, network = plain["algo"], plain["network"]["name"]
     both = f"{network}, batch {a['batch_size']}, amp {a['amp']}" + (", compiled" if a["compile"] else "")
     return [
         Result(BARE_TORCH, rates[BARE_TORCH], "updates/s",
-               note=f"{both}, batch already in {device.type} memory, {optimizer_name(learner.optimizer)}, "
+               note=f"{both}, batch already in {device.type} memory, torch.optim.Adam (fused), "
                     "double-DQN Huber"),
         Result(LEARNER, rates[LEARNER], "updates/s", BARE_TORCH,
                note=f"{both}, Learner.update on {device.type}: sample ({type(c.storage).__name__}), "

@@ -22,26 +22,20 @@ import torch
 from torch import nn
 
 from asyncql_cli.networks import build_network
+from asyncql_cli.optim import Adam
 
 
 @dataclass
 class SharedModel:
     q_net: nn.Module
     target_net: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Adam
 
 
-def shared_adam(params: Sequence[nn.Parameter], lr: float, eps: float) -> torch.optim.Adam:
-    """Adam whose state tensors exist up front, in shared memory, so that every process
-    updates the same moments (torch's Adam would create private state lazily)."""
-    optimizer = torch.optim.Adam(params, lr=lr, eps=eps, foreach=False)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state[param]
-            state["step"] = torch.zeros((), dtype=torch.float32).share_memory_()
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format).share_memory_()
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format).share_memory_()
-    return optimizer
+def shared_adam(params: Sequence[nn.Parameter], lr: float, eps: float) -> Adam:
+    """Adam whose state (step, first and second moments) is in shared memory, so that every
+    process updates the same moments."""
+    return Adam(params, lr=lr, eps=eps).share_memory_()
 
 
 def make_shared_model(network: dict[str, Any], obs_shape: Sequence[int], num_actions: int,
@@ -63,7 +57,4 @@ def load_into_shared(shared: SharedModel, state: dict[str, Any]) -> None:
             tensor.copy_(state["q_net"][name])
         for name, tensor in shared.target_net.state_dict().items():
             tensor.copy_(state["target_net"][name])
-    saved = state["optimizer"]["state"]
-    for index, param in enumerate(shared.q_net.parameters()):
-        for key, tensor in shared.optimizer.state[param].items():
-            tensor.copy_(saved[index][key])
+    shared.optimizer.load_state_dict(state["optimizer"])  # in place: the moments stay shared

@@ -42,6 +42,7 @@ from asyncql_cli.checkpoint import save_checkpoint
 from asyncql_cli.hogwild import SharedModel
 from asyncql_cli.losses import td_loss, update_target
 from asyncql_cli.networks import build_network
+from asyncql_cli.optim import Adam
 from asyncql_cli.params import ParameterStore
 from asyncql_cli.priority import PrioritizedSampler
 from asyncql_cli.process import Counters
@@ -126,8 +127,9 @@ def clip_gradients(grads: list[torch.Tensor], max_norm: Optional[float]) -> torc
     return norm
 
 
-def gradient_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-                  max_grad_norm: Optional[float], scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
+def gradient_step(params: list[torch.nn.Parameter], optimizer: Adam | torch.optim.Optimizer,
+                  loss: torch.Tensor, max_grad_norm: Optional[float],
+                  scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
     """theta <- optimizer(theta, clip(grad loss)), queued without waiting for the device;
     returns the gradient norm before clipping (a tensor on the parameters' device).
 
@@ -149,7 +151,7 @@ def gradient_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optim
     return norm
 
 
-def apply_gradients(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+def apply_gradients(params: list[torch.nn.Parameter], optimizer: Adam | torch.optim.Optimizer, loss: torch.Tensor,
                     max_grad_norm: Optional[float]) -> float:
     """`gradient_step`, then wait for it; returns the gradient norm before clipping."""
     return float(gradient_step(params, optimizer, loss, max_grad_norm))
@@ -193,6 +195,14 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, eps: float, amp: str) -> Adam | torch.optim.Adam:
+    """The learner's Adam (optim.py); with fp16 a torch.optim.Adam, which the GradScaler steps
+    (both run the same fused kernel and save the same state_dict format)."""
+    if amp == "fp16":
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    return Adam(params, lr=lr, eps=eps)
 
 
 def grad_scaler(device: torch.device, amp: str) -> Optional[torch.amp.GradScaler]:
@@ -296,8 +306,7 @@ class Learner:
             self.target_net = build_network(s.network, s.obs_shape, s.num_actions).to(self.device)
             self.target_net.load_state_dict(self.q_net.state_dict())
             self.target_net.requires_grad_(False)
-            # fused Adam: one kernel for all parameters, a large share of a small net's step time
-            self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=s.lr, eps=s.adam_eps, fused=True)
+            self.optimizer = make_optimizer(list(self.q_net.parameters()), s.lr, s.adam_eps, s.amp)
         self.parameters = list(self.q_net.parameters())
         self.target_copies = 0
         self.ready = False
@@ -403,7 +412,7 @@ class Learner:
         if self.prioritized:
             self.sampler.update_priorities(batch.index, td_error, drawn.logical)
         self.updates += 1
-        self.counters.learner_updates[self.s.index] = self.updates
+        self.counters.arrays.learner_updates[self.s.index] = self.updates
         if self.primary or self.shared is None:  # one writer for each target network
             copies = self.global_updates() // self.s.target_update
             if copies > self.target_copies:

@@ -14,7 +14,7 @@ CUDA tensors are never shared: a GPU learner copies its weights to this CPU tens
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -38,12 +38,31 @@ class ParameterStore:
 
     def publish(self, model: nn.Module, updates: int) -> None:
         """Learner only. Copy `model`'s parameters in, bracketed by the version counter."""
+        params = list(model.parameters())
+        meta = self._meta_view()
+        meta[VERSION] += 1
         with torch.no_grad():
-            vector = parameters_to_vector(model.parameters()).detach().to("cpu", torch.float32)
-        self.meta[VERSION] += 1
-        self.flat.copy_(vector)
-        self.meta[UPDATES] = updates
-        self.meta[VERSION] += 1
+            if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params):
+                torch._foreach_copy_(self._views(params), params)  # one call, no intermediate vector
+            else:  # a GPU learner: one device-to-host copy of the whole vector
+                self.flat.copy_(parameters_to_vector(params).detach().to("cpu", torch.float32))
+        meta[UPDATES] = updates
+        meta[VERSION] += 1
+
+    def _views(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`flat` cut into tensors shaped like `params` (made once per writer process and shapes)."""
+        shapes = [p.shape for p in params]
+        if getattr(self, "_param_views", None) is None or [v.shape for v in self._param_views] != shapes:
+            chunks = self.flat.split([p.numel() for p in params])
+            self._param_views = [chunk.view(shape) for chunk, shape in zip(chunks, shapes)]
+        return self._param_views
+
+    def _meta_view(self) -> Any:
+        """`meta` as a numpy array over the same shared memory: scalar reads and writes there cost
+        a fraction of a tensor's indexing (the writer publishes every few updates)."""
+        if getattr(self, "_meta_np", None) is None:
+            self._meta_np = self.meta.numpy()
+        return self._meta_np
 
     def _read_buffer(self) -> torch.Tensor:
         """A private copy target, allocated once per reader process (not pickled along)."""
@@ -52,8 +71,10 @@ class ParameterStore:
         return self._buffer
 
     def __getstate__(self) -> dict:
+        """Shared tensors only: per-process buffers and views are made again where used."""
         state = dict(self.__dict__)
-        state.pop("_buffer", None)
+        for private in ("_buffer", "_param_views", "_meta_np"):
+            state.pop(private, None)
         return state
 
     def read_into(self, model: nn.Module, timeout: float = 1.0) -> Optional[int]:

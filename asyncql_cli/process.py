@@ -5,10 +5,11 @@ SIGINT (only the supervisor decides to stop), asks the kernel for SIGTERM when t
 process dies (so a `kill -9` of the parent leaves no orphan), and limits torch to the
 configured number of threads so N processes fit N cores.
 
-`Counters` are small shared int64/float64 tensors allocated by the main process.
-Single-writer rule: actor i writes only index i of the per-actor arrays; learner k writes
-only `learner_updates[k]`; each child writes only its own heartbeat slot (actor i: i,
-learner k: num_actors + k).
+`Counters` are small shared int64/float64 tensors allocated by the main process; loops that
+touch them every step or update go through `Counters.arrays`, numpy views of the same memory
+(a numpy scalar read or write costs a fraction of a tensor's). Single-writer rule: actor i
+writes only index i of the per-actor arrays; learner k writes only `learner_updates[k]`;
+each child writes only its own heartbeat slot (actor i: i, learner k: num_actors + k).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ctypes
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -94,6 +96,8 @@ def parent_alive(main_pid: int) -> bool:
 class Counters:
     """Progress counters shared by all processes (allocated in the main process)."""
 
+    FIELDS = ("env_steps", "actor_updates", "learner_updates", "env_steps_offset", "heartbeat")
+
     def __init__(self, num_actors: int, num_learners: int = 1):
         self.num_actors = num_actors
         self.env_steps = torch.zeros(num_actors, dtype=torch.int64).share_memory_()
@@ -103,18 +107,31 @@ class Counters:
         # time.time() of each child's last beat: actors first, then learners
         self.heartbeat = torch.zeros(num_actors + num_learners, dtype=torch.float64).share_memory_()
 
+    @property
+    def arrays(self) -> SimpleNamespace:
+        """The counters as numpy arrays over the same shared memory (made once per process)."""
+        if getattr(self, "_arrays", None) is None:
+            self._arrays = SimpleNamespace(**{name: getattr(self, name).numpy() for name in self.FIELDS})
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_arrays", None)  # numpy views would be pickled as private copies
+        return state
+
     def total_env_steps(self) -> int:
-        return int(self.env_steps.sum()) + int(self.env_steps_offset[0])
+        a = self.arrays
+        return int(a.env_steps.sum()) + int(a.env_steps_offset[0])
 
     def updates(self) -> int:
         """Gradient updates of all learners together."""
-        return int(self.learner_updates.sum())
+        return int(self.arrays.learner_updates.sum())
 
     def slowest_learner_updates(self) -> int:
-        return int(self.learner_updates.min())
+        return int(self.arrays.learner_updates.min())
 
     def learner_slot(self, index: int) -> int:
         return self.num_actors + index
 
     def beat(self, slot: int) -> None:
-        self.heartbeat[slot] = time.time()
+        self.arrays.heartbeat[slot] = time.time()

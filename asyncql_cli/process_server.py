@@ -15,9 +15,10 @@ import os
 import signal
 from typing import Any
 
-# Modules every child needs. torch._dynamo: the first torch.optim optimizer a process builds
-# imports it (about a second on a small machine), on the learner's path to its first update.
-CHILD_PRELOAD = ["torch", "torch._dynamo", "gymnasium", "asyncql_cli.actor", "asyncql_cli.learner",
+# Modules every child needs. Not torch._dynamo (0.8 s, which would delay every child's start):
+# building a torch.optim optimizer imports it, and the learners' Adam (optim.py) is not one; only
+# an fp16 learner (torch.optim.Adam under a GradScaler) or algo.compile imports it, by itself.
+CHILD_PRELOAD = ["torch", "gymnasium", "asyncql_cli.actor", "asyncql_cli.learner",
                  "asyncql_cli.actor_learner"]
 
 
