@@ -74,9 +74,9 @@ def td_loss(
 
 def update_target(q_net: nn.Module, target_net: nn.Module, tau: float) -> None:
     """Hard copy for tau == 1, Polyak averaging Q^- <- tau Q + (1 - tau) Q^- otherwise."""
-    with torch.no_grad():
-        for target, online in zip(target_net.parameters(), q_net.parameters()):
-            if tau >= 1.0:
-                target.copy_(online)
-            else:
-                target.lerp_(online, tau)
+    targets, onlines = list(target_net.parameters()), list(q_net.parameters())
+    with torch.no_grad():  # one call for all parameters: with Polyak it runs on every update
+        if tau >= 1.0:
+            torch._foreach_copy_(targets, onlines)
+        else:
+            torch._foreach_lerp_(targets, onlines, tau)

@@ -75,8 +75,10 @@ def test_independent_learners_train_two_different_networks_from_one_replay(tmp_p
 
 
 def test_shared_learners_write_one_network_concurrently(tmp_path: Path) -> None:
+    # ratio and batch pinned (not the env file's tuning): 2,000 updates to share within 5,000 env steps
     run_dir, _ = _run(tmp_path, "parallelism.num_learners=2", "parallelism.learner_sharing=shared",
-                      "train.total_env_steps=5000", expect_roles={"learner-0", "learner-1"})
+                      "train.total_env_steps=5000", "algo.replay_ratio=0.5", "algo.batch_size=64",
+                      expect_roles={"learner-0", "learner-1"})
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     per_learner = state["learner_updates"]
     assert len(per_learner) == 2 and min(per_learner) > 200
