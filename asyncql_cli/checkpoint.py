@@ -79,6 +79,8 @@ def check_compatible(state: dict[str, Any], path: Path, env_id: str, obs_shape: 
         ("number of actions", state.get("num_actions"), num_actions),
         ("network.hidden", list(state.get("network", {}).get("hidden", [])), list(network["hidden"])),
         ("network.dueling", state.get("network", {}).get("dueling"), network["dueling"]),
+        ("network.layer_norm", bool(state.get("network", {}).get("layer_norm", False)),
+         bool(network.get("layer_norm", False))),
     ]
     for what, found, expected in checks:
         if found != expected:

@@ -49,6 +49,7 @@ class NetworkConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     dueling: bool = False
+    layer_norm: bool = False
 
 
 @dataclass

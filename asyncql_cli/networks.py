@@ -24,11 +24,12 @@ NATURE_CONVS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 PIXEL_MAX = 255.0
 
 
-def hidden_layers(width: int, hidden: Sequence[int]) -> tuple[list[nn.Module], int]:
-    """Linear + ReLU for each size in `hidden`, starting from `width`; and the width they end at."""
+def hidden_layers(width: int, hidden: Sequence[int], layer_norm: bool = False) -> tuple[list[nn.Module], int]:
+    """Linear (+ LayerNorm) + ReLU for each size in `hidden`, starting from `width`; and the
+    width they end at."""
     layers: list[nn.Module] = []
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size), *([nn.LayerNorm(size)] if layer_norm else []), nn.ReLU()]
         width = size
     return layers, width
 
@@ -51,19 +52,25 @@ class QHead(nn.Module):
 
 
 class QNetwork(QHead):
-    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], dueling: bool):
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], dueling: bool,
+                 layer_norm: bool = False):
         super().__init__()
-        layers, width = hidden_layers(obs_dim, hidden)
+        layers, width = hidden_layers(obs_dim, hidden, layer_norm)
         self.torso = nn.Sequential(*layers)
-        # the torso's Linear layers, called directly in forward: a small net's step time is
-        # mostly per-module call overhead (the learner runs three passes per update)
-        self._linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+        # the torso's layers, called directly in forward: a small net's step time is mostly
+        # per-module call overhead (the learner runs three passes per update)
+        linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+        norms = [layer for layer in layers if isinstance(layer, nn.LayerNorm)] or [None] * len(linears)
+        self._layers = list(zip(linears, norms))
         self.add_head(width, num_actions, dueling)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         features = obs.float()
-        for linear in self._linears:  # same as self.torso(features)
-            features = torch.relu(F.linear(features, linear.weight, linear.bias))
+        for linear, norm in self._layers:  # same as self.torso(features)
+            features = F.linear(features, linear.weight, linear.bias)
+            if norm is not None:
+                features = F.layer_norm(features, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            features = torch.relu(features)
         return self.head(features)
 
 
@@ -76,7 +83,8 @@ class NatureCNN(QHead):
     Floating inputs are scaled the same way (an actor may hand float copies of the frames).
     """
 
-    def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden: Sequence[int], dueling: bool):
+    def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden: Sequence[int], dueling: bool,
+                 layer_norm: bool = False):
         super().__init__()
         channels, height, width = (int(size) for size in obs_shape)
         convs: list[nn.Module] = []
@@ -85,7 +93,7 @@ class NatureCNN(QHead):
             channels = out_channels
             height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
         self.conv = nn.Sequential(*convs, nn.Flatten())
-        layers, features = hidden_layers(channels * height * width, hidden)
+        layers, features = hidden_layers(channels * height * width, hidden, layer_norm)
         self.fc = nn.Sequential(*layers)
         self.add_head(features, num_actions, dueling)
 
@@ -125,10 +133,10 @@ def build_network(network: dict, obs_shape: Sequence[int], num_actions: int) -> 
     problem = shape_problem(name, obs_shape)
     if problem is not None:
         raise BadInput(problem)
-    hidden, dueling = list(network["hidden"]), bool(network["dueling"])
+    hidden, dueling, layer_norm = list(network["hidden"]), bool(network["dueling"]), bool(network.get("layer_norm"))
     if name == "mlp":
-        return QNetwork(int(obs_shape[0]), num_actions, hidden, dueling)
-    return NatureCNN(obs_shape, num_actions, hidden, dueling)
+        return QNetwork(int(obs_shape[0]), num_actions, hidden, dueling, layer_norm)
+    return NatureCNN(obs_shape, num_actions, hidden, dueling, layer_norm)
 
 
 def num_parameters(model: nn.Module) -> int:

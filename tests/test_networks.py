@@ -23,13 +23,19 @@ def _through_modules(net: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
     return net.value(features) + advantage - advantage.mean(1, keepdim=True)
 
 
-@pytest.mark.parametrize("dueling", [False, True])
-def test_forward_equals_the_module_graph(dueling: bool) -> None:
-    """forward calls the torso's Linear layers directly; it must equal running the modules,
-    also after new weights are loaded (load_state_dict copies into the same parameters)."""
+@pytest.mark.parametrize("dueling,layer_norm", [(False, False), (True, False), (False, True), (True, True)])
+def test_forward_equals_the_module_graph(dueling: bool, layer_norm: bool) -> None:
+    """forward calls the torso's layers directly; it must equal running the modules, also
+    after new weights are loaded (load_state_dict copies into the same parameters)."""
     torch.manual_seed(0)
-    net = build_network({"hidden": [32, 16], "dueling": dueling}, (5,), 3)
+    net = build_network({"hidden": [32, 16], "dueling": dueling, "layer_norm": layer_norm}, (5,), 3)
+    norms = [m for m in net.torso if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == (2 if layer_norm else 0)
     obs = torch.randn(7, 5)
+    if layer_norm:  # each hidden layer's pre-activations are normalized: mean 0, variance 1 per row
+        pre = net.torso[1](net.torso[0](obs))
+        assert torch.allclose(pre.mean(1), torch.zeros(7), atol=1e-5)
+        assert torch.allclose(pre.var(1, unbiased=False), torch.ones(7), atol=1e-3)
     assert torch.allclose(net(obs), _through_modules(net, obs), atol=1e-6)
     before = net(obs)
     net.load_state_dict({k: v + 0.1 for k, v in net.state_dict().items()})
