@@ -74,7 +74,9 @@ def test_returns_rose_and_contract_tags_are_written(trained_run: dict) -> None:
     early, late = statistics.fmean(returns[:50]), statistics.fmean(returns[-50:])
     assert late > 2 * early and late > 60, (early, late)
     steps = [step for step, _ in scalars["train/episode_return"]]
-    assert steps == sorted(steps) and steps[-1] >= 19_000
+    # x axis: global env steps. The last episode ends within one full-length (500-step) episode
+    # of each of the 12 envs before the 20k budget, far beyond the number of episodes
+    assert steps == sorted(steps) and steps[-1] >= 20_000 - 12 * 500 and steps[-1] > 10 * len(steps)
     summary = json.loads((trained_run["run_dir"] / "summary.json").read_text())
     assert summary["exit_reason"] == "budget"
     assert summary["env_steps"] >= 20_000 and summary["updates"] > 1000
