@@ -447,7 +447,8 @@ def markdown(results: list[RunResult], meta: dict[str, Any], tools: list[str]) -
         "imports included) to its exit, for a run whose kept weights pass that test; both tools evaluate "
         f"{TRAIN_EVAL_EPISODES} greedy episodes while training (asyncql every {meta['asyncql_eval_interval']}, "
         f"SB3 every {meta['sb3_eval_freq']} env steps); SB3 stops on the first such evaluation >= the "
-        "threshold, asyncql once such an evaluation is confirmed on 100 further episodes "
+        f"threshold, asyncql once such an evaluation is confirmed on {meta.get('asyncql_confirm_episodes', 100)} "
+        "further episodes "
         f"(`eval.confirm_episodes`), or at {meta['max_seconds']:g} s. "
         "Env steps to solve: env steps at the evaluation that picked the kept "
         "weights. Medians and ranges over all seeds; an unsolved seed counts as ∞. "
@@ -525,14 +526,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def asyncql_eval_interval(results: list[RunResult]) -> str:
-    """eval.interval_seconds as a run composed it (else conf/config.yaml's)."""
+def asyncql_eval_setting(results: list[RunResult], key: str) -> Any:
+    """eval.<key> as a run composed it (else conf/config.yaml's)."""
     import yaml
 
     composed = [Path(r.run_dir) / ".hydra" / "config.yaml" for r in results if r.tool == "asyncql"]
     source = next((f for f in composed if f.is_file()), REPO / "conf" / "config.yaml")
-    config = yaml.safe_load(source.read_text())
-    return f"{config['eval']['interval_seconds']:g} s"
+    return yaml.safe_load(source.read_text())["eval"][key]
 
 
 def run_one(args: argparse.Namespace, tool: str, seed: int) -> RunResult:
@@ -587,7 +587,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = run_all(args, tools)
     meta = {"env": args.env, "threshold": args.threshold, "seeds": args.seeds, "max_seconds": args.max_seconds,
             "eval_episodes": args.eval_episodes, "sb3_eval_freq": args.sb3_eval_freq,
-            "asyncql_eval_interval": asyncql_eval_interval(results), "total_seconds": time.monotonic() - start,
+            "asyncql_eval_interval": f"{asyncql_eval_setting(results, 'interval_seconds'):g} s",
+            "asyncql_confirm_episodes": asyncql_eval_setting(results, "confirm_episodes"),
+            "total_seconds": time.monotonic() - start,
             "load_average": {"start": load_start, "end": list(os.getloadavg())},
             "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "python": platform.python_version(), "versions": versions(), "git": git_state(),

@@ -98,6 +98,10 @@ def test_foreign_and_broken_checkpoints_are_named(tmp_path: Path) -> None:
         check_compatible(state, path, "CartPole-v1", (4,), 2, {"hidden": [64], "dueling": False})
     with pytest.raises(BadInput, match="network.hidden"):
         check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [256], "dueling": False})
+    # a checkpoint from before network.layer_norm existed is a plain network; a LayerNorm run refuses it
+    check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [64], "dueling": False, "layer_norm": False})
+    with pytest.raises(BadInput, match="network.layer_norm False"):
+        check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [64], "dueling": False, "layer_norm": True})
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(BadInput, match="not an asyncql checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
