@@ -192,12 +192,14 @@ def _fresh_dir(path: Path) -> Path:
 
 
 # -- asyncql --------------------------------------------------------------------------------
-def asyncql_command(env_id: str, seed: int, threshold: float, max_seconds: float, run_dir: Path) -> list[str]:
-    """The CLI as a user types it; an env without its own conf/env file goes through env=gym."""
+def asyncql_command(env_id: str, seed: int, threshold: float, max_seconds: float, run_dir: Path,
+                    stop_at: Optional[float] = None) -> list[str]:
+    """The CLI as a user types it; an env without its own conf/env file goes through env=gym.
+    The run stops at `stop_at` (default: the threshold it is judged by)."""
     env_args = [f"env={env_id}"] if (REPO / "conf" / "env" / f"{env_id}.yaml").is_file() \
         else ["env=gym", f"env.id={env_id}", f"env.solved_return={threshold}"]
     return [sys.executable, "-m", "asyncql_cli.cli", "train", *env_args, f"seed={seed}",
-            f"train.stop_at_return={threshold}", f"train.max_seconds={max_seconds}",
+            f"train.stop_at_return={threshold if stop_at is None else stop_at}", f"train.max_seconds={max_seconds}",
             "train.progress=plain", f"hydra.run.dir={run_dir}"]
 
 
@@ -224,9 +226,10 @@ def _timed_run(tool: str, seed: int, run_dir: Path, cmd: list[str],
     return result, launch, timed_out
 
 
-def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, out_dir: Path) -> RunResult:
+def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, out_dir: Path,
+                stop_at: Optional[float] = None) -> RunResult:
     run_dir = _fresh_dir(out_dir / "runs" / "asyncql" / f"seed{seed}")
-    cmd = asyncql_command(env_id, seed, threshold, max_seconds, run_dir)
+    cmd = asyncql_command(env_id, seed, threshold, max_seconds, run_dir, stop_at)
     result, launch, timed_out = _timed_run("asyncql", seed, run_dir, cmd, max_seconds)
     rc = result.returncode
     summary_file = run_dir / "summary.json"
@@ -447,8 +450,10 @@ def markdown(results: list[RunResult], meta: dict[str, Any], tools: list[str]) -
         "imports included) to its exit, for a run whose kept weights pass that test; both tools evaluate "
         f"{TRAIN_EVAL_EPISODES} greedy episodes while training (asyncql every {meta['asyncql_eval_interval']}, "
         f"SB3 every {meta['sb3_eval_freq']} env steps); SB3 stops on the first such evaluation >= the "
-        f"threshold, asyncql once such an evaluation is confirmed on {meta.get('asyncql_confirm_episodes', 100)} "
-        "further episodes "
+        f"threshold, asyncql once such an evaluation"
+        + (f" reaches {meta['asyncql_stop_at_return']:g} (`train.stop_at_return`) and"
+           if meta.get("asyncql_stop_at_return") is not None else "")
+        + f" is confirmed on {meta.get('asyncql_confirm_episodes', 100)} further episodes "
         f"(`eval.confirm_episodes`), or at {meta['max_seconds']:g} s. "
         "Env steps to solve: env steps at the evaluation that picked the kept "
         "weights. Medians and ranges over all seeds; an unsolved seed counts as ∞. "
@@ -508,6 +513,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--threshold", type=float, default=None, help="solved mean return (default: the env's)")
     p.add_argument("--max-seconds", type=float, default=300.0, help="wall-clock cap of each training run")
+    p.add_argument("--stop-at-return", type=float, default=None,
+                   help="asyncql's train.stop_at_return (default: the threshold); above it, a run keeps "
+                        "learning past policies that pass only just")
     p.add_argument("--eval-episodes", type=int, default=100, help="episodes of the final greedy test")
     p.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results/<env>")
     p.add_argument("--only", choices=["asyncql", "sb3", "both"], default="both")
@@ -539,7 +547,7 @@ def run_one(args: argparse.Namespace, tool: str, seed: int) -> RunResult:
     """One timed run; a run stopped by a signal from outside (a shared machine) is run again, once."""
     for attempt in range(2):
         if tool == "asyncql":
-            r = run_asyncql(args.env, seed, args.threshold, args.max_seconds, args.out_dir)
+            r = run_asyncql(args.env, seed, args.threshold, args.max_seconds, args.out_dir, args.stop_at_return)
         else:
             r = run_sb3(args.env, seed, args.threshold, args.max_seconds, args.out_dir, args.sb3_eval_freq,
                         args.sb3_threads)
@@ -586,6 +594,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     load_start, start = list(os.getloadavg()), time.monotonic()
     results = run_all(args, tools)
     meta = {"env": args.env, "threshold": args.threshold, "seeds": args.seeds, "max_seconds": args.max_seconds,
+            "asyncql_stop_at_return": args.stop_at_return,
             "eval_episodes": args.eval_episodes, "sb3_eval_freq": args.sb3_eval_freq,
             "asyncql_eval_interval": f"{asyncql_eval_setting(results, 'interval_seconds'):g} s",
             "asyncql_confirm_episodes": asyncql_eval_setting(results, "confirm_episodes"),
