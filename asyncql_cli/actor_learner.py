@@ -97,13 +97,14 @@ class ActorLearner:
     def save_last(self) -> None:
         if not self.primary:
             return
+        learner_updates = self.counters.learner_updates.tolist()  # one read: the others keep updating
         state = {
             **self.s.checkpoint_meta,
             "q_net": {k: v.detach().clone() for k, v in self.shared.q_net.state_dict().items()},
             "target_net": {k: v.detach().clone() for k, v in self.shared.target_net.state_dict().items()},
             "optimizer": self.shared.optimizer.state_dict(),
-            "updates": self.counters.updates(),
-            "learner_updates": self.counters.learner_updates.tolist(),
+            "updates": sum(learner_updates),
+            "learner_updates": learner_updates,
             "env_steps": self.counters.total_env_steps(),
         }
         save_checkpoint(Path(self.s.checkpoint_dir) / "last.pt", state)

@@ -440,13 +440,14 @@ class Learner:
         self.stats_window.flush(self.updates, self.skipped)
 
     def checkpoint_state(self) -> dict[str, Any]:
+        learner_updates = self.counters.learner_updates.tolist()  # one read: other learners keep updating
         return {
             **self.s.checkpoint_meta,
             "q_net": {k: v.detach().cpu() for k, v in self.q_net.state_dict().items()},
             "target_net": {k: v.detach().cpu() for k, v in self.target_net.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "updates": self.global_updates(),
-            "learner_updates": self.counters.learner_updates.tolist(),
+            "updates": sum(learner_updates) if self.shared is not None else self.updates,
+            "learner_updates": learner_updates,
             "learner_index": self.s.index,
             "env_steps": self.counters.total_env_steps(),
             "torch_rng": torch.get_rng_state(),
