@@ -49,7 +49,7 @@ class CountingFrames(gym.Env):
 
     def _frame(self) -> np.ndarray:
         frame = np.zeros(FRAME, dtype=np.uint8)
-        frame[0, 0], frame[0, 1], frame[0, 2] = self.step_index, self.episode % 256, self.tag
+        frame[0, 0], frame[0, 1], frame[0, 2] = self.step_index, self.episode, self.tag
         frame[1:, :] = (self.step_index * 3 + self.episode) % 256  # some non-constant content
         return frame
 
@@ -57,7 +57,9 @@ class CountingFrames(gym.Env):
         super().reset(seed=seed)
         if seed is not None:
             self.tag = seed % 256
-        self.episode += 1
+        # episode numbers wrap at 256 as the uint8 pixel that shows them does, so that rewards and
+        # lengths (functions of the episode number) stay readable from the frame in long runs
+        self.episode = (self.episode + 1) % 256
         self.step_index = 0
         return self._frame(), {}
 
