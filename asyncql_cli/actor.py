@@ -26,6 +26,10 @@ from asyncql_cli.params import ParameterStore
 from asyncql_cli.process import Counters
 from asyncql_cli.replay import ReplayStorage
 
+# how long an actor that may not step (the learner owes updates, the budget is spent) waits
+# before looking again: short against an env step, long enough to leave the core to the learner
+WAIT_SECONDS = 0.001
+
 
 @dataclass(frozen=True)
 class ExplorationSettings:
@@ -63,6 +67,9 @@ class ActorSettings:
     one_network: bool = True  # False with independent learners: each network must keep up
     learner_ready_rows: int = 0  # rows the learner needs before its first update
     atari: Optional[dict[str, Any]] = None  # env.atari settings (Atari preprocessing); None = not Atari
+    # train.total_env_steps: once all actors together reach it, an actor stops stepping (so a run
+    # ends within one vector step per actor of its budget); None = no budget (benchmarks)
+    env_step_budget: Optional[int] = None
 
 
 def apex_epsilons(num_slots: int, base: float, alpha: float) -> np.ndarray:
@@ -221,6 +228,12 @@ class Actor:
         done = self.counters.updates() if s.one_network else self.counters.slowest_learner_updates()
         return s.replay_ratio * learnable - done > s.max_update_debt
 
+    def budget_spent(self) -> bool:
+        """The run's env steps are all taken: stepping on would only overshoot the budget while
+        the supervisor (which polls) gets round to stopping us."""
+        budget = self.s.env_step_budget
+        return budget is not None and self.counters.total_env_steps() >= budget
+
     def step(self) -> None:
         """One vector-env step of all envs of this actor."""
         if self.params is not None and (
@@ -321,9 +334,9 @@ def actor_main(settings: ActorSettings, storage: ReplayStorage, params: Paramete
         slot = settings.actor_id
         while not stop_event.is_set() and parent_alive(parent_pid):
             counters.beat(slot)
-            if actor.learner_owes_updates():
+            if actor.learner_owes_updates() or actor.budget_spent():
                 actor.flush()  # everything finished is in the replay while we wait
-                time.sleep(0.001)
+                time.sleep(WAIT_SECONDS)
                 continue
             actor.step()
         actor.flush()

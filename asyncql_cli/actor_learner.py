@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from asyncql_cli.actor import Actor, ActorSettings, rows_from
+from asyncql_cli.actor import WAIT_SECONDS, Actor, ActorSettings, rows_from
 from asyncql_cli.checkpoint import save_checkpoint
 from asyncql_cli.hogwild import SharedModel
 from asyncql_cli.learner import UpdateStats, apply_gradients, loss_is_finite
@@ -65,6 +65,8 @@ class ActorLearner:
     def step(self) -> bool:
         """t_max vector steps of acting, then one Hogwild gradient step on what was seen."""
         for _ in range(self.s.t_max):
+            if self.actor.budget_spent():
+                break
             self.actor.step()
         transitions = self.actor.take_transitions()
         if not transitions:
@@ -128,7 +130,10 @@ def actor_learner_main(settings: ActorLearnerSettings, shared: SharedModel, para
         last_checkpoint = time.monotonic()
         while not stop_event.is_set() and parent_alive(parent_pid):
             counters.beat(worker.index)
-            worker.step()
+            if worker.actor.budget_spent():
+                time.sleep(WAIT_SECONDS)
+                continue
+            worker.step()  # stops acting at the budget too
             if time.monotonic() - last_checkpoint >= settings.checkpoint_interval_seconds:
                 worker.save_last()
                 last_checkpoint = time.monotonic()

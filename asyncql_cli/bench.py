@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -463,10 +463,10 @@ def bench_actor_processes(plain: dict[str, Any], spec: EnvSpec, count: int, seco
     publish_random_weights(scaled, spec, c)
     try:
         for actor_id in range(count):
+            settings = replace(build_actor_settings(scaled, spec, actor_id), env_step_budget=None)  # timed: no budget
             proc = c.ctx.Process(
                 target=actor_main, name=f"asyncql:actor-{actor_id}", daemon=True,
-                args=(build_actor_settings(scaled, spec, actor_id), c.storage, c.params, c.counters,
-                      c.stats, c.stop, os.getpid(), p["torch_threads"]),
+                args=(settings, c.storage, c.params, c.counters, c.stats, c.stop, os.getpid(), p["torch_threads"]),
             )
             proc.start()
             c.processes[f"actor-{actor_id}"] = proc

@@ -53,7 +53,7 @@ def build_actor_settings(plain: dict[str, Any], spec: EnvSpec, actor_id: int,
         compute_priorities=plain["buffer"]["name"] == "prioritized",
         one_network=hogwild(plain) or p["num_learners"] == 1,
         learner_ready_rows=max(plain["train"]["learning_starts"], a["batch_size"]),
-        atari=plain["env"].get("atari"),
+        atari=plain["env"].get("atari"), env_step_budget=plain["train"]["total_env_steps"],
     )
 
 

@@ -109,6 +109,8 @@ class PrioritizedSampler:
             drawn = self.tree.find(np.minimum(mass, np.nextafter(total, 0)))
             slots[pending] = drawn
             gathered = s.gather(torch.from_numpy(drawn))
+            # judged before the cursors are re-read, so on the content just gathered (see replay.py)
+            flagged = self.unusable(torch.from_numpy(drawn)) if self.unusable is not None else None
             for name, value in gathered.items():
                 if name not in rows:
                     rows[name] = torch.empty((batch_size, *value.shape[1:]), dtype=value.dtype)
@@ -117,8 +119,8 @@ class PrioritizedSampler:
             segment = drawn // s.segment_size
             oldest_read = self.slot_logical[drawn] - s.lookback
             unsafe = oldest_read < after[segment] + s.write_batch - s.segment_size
-            if self.unusable is not None:
-                flagged = self.unusable(torch.from_numpy(drawn)) & ~unsafe
+            if flagged is not None:
+                flagged &= ~unsafe
                 if flagged.any():
                     self.tree.set(drawn[flagged], 0.0)  # never a transition: not drawn again
                     unsafe |= flagged

@@ -170,6 +170,12 @@ class UniformSampler:
         size = self.storage.segment_size
         return torch.from_numpy(segment * size + logical % size)
 
+    def _flag(self, slots: torch.Tensor) -> np.ndarray:
+        """Rows the storage says start no transition (all False for a storage without the check)."""
+        if self.unusable is None:
+            return np.zeros(slots.numel(), dtype=bool)
+        return self.unusable(slots)
+
     def sample(self, batch_size: int) -> Optional[Batch]:
         storage = self.storage
         size, margin, lookback = storage.segment_size, storage.write_batch, storage.lookback
@@ -179,18 +185,17 @@ class UniformSampler:
         segment, logical = self._draw(batch_size, cursors)
         slots = self._slots(segment, logical)
         rows = storage.gather(slots)
-        fresh = np.arange(batch_size)  # rows drawn in this round, not yet checked for use
+        # judged now, on what was just gathered: once the cursors below are re-read, a writer may
+        # already have replaced the row, and its new content says nothing about the gathered one
+        flagged = self._flag(slots)
         for _ in range(MAX_REDRAW_ROUNDS):
             after = storage.cursors.numpy().copy()
             # A row is safe if no write begun by now (up to cursor + write_batch) reaches it
-            # (nor the oldest frame of its stack).
-            bad = logical - lookback < after[segment] + margin - size
-            if self.unusable is not None:  # a row's own content does not change while it is safe
-                bad[fresh] |= self.unusable(slots[torch.from_numpy(fresh)])
+            # (nor the oldest frame of its stack); a safe row read before now is the committed one.
+            bad = (logical - lookback < after[segment] + margin - size) | flagged
             torn = np.flatnonzero(bad)
             if torn.size == 0:
                 break
-            fresh = torn
             # Redraw from the current window: a writer that moved on by more than the window
             # has overwritten every row of the old one, and redrawing there would never end.
             segment[torn], logical[torn] = self._draw(torn.size, after)
@@ -198,6 +203,7 @@ class UniformSampler:
             slots[redrawn] = self._slots(segment[torn], logical[torn])
             for name, value in storage.gather(slots[redrawn]).items():
                 rows[name][redrawn] = value
+            flagged[torn] = self._flag(slots[redrawn])
         else:
             return None  # nearly every row is unusable (only final rows so far): try later
         return Batch(**rows, index=slots)

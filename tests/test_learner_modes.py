@@ -109,6 +109,21 @@ def test_actor_learners_update_one_shared_network_without_replay(tmp_path: Path)
     # how well this mode learns is measured by benchmarks/modes.py (CartPole: 500 over 100 episodes)
 
 
+@pytest.mark.parametrize("mode", ["replay", "actor_learner"])
+def test_a_run_ends_within_one_vector_step_per_actor_of_its_budget(tmp_path: Path, mode: str) -> None:
+    # random actions on CartPole run far faster than the supervisor polls: the actors must stop
+    # themselves at the budget (before this, 3,000 env steps ended at ~4,000)
+    actors, envs, budget = 2, 4, 3000
+    extra = ["algo.mode=actor_learner", "buffer=none"] if mode == "actor_learner" else []
+    expect = {f"actor-learner-{i}" for i in range(actors)} if extra else {"learner-0", "actor-0", "actor-1"}
+    run_dir, _ = _run(tmp_path, *extra, f"parallelism.num_actors={actors}", f"parallelism.envs_per_actor={envs}",
+                      f"train.total_env_steps={budget}", "train.learning_starts=500", expect_roles=expect)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "budget"
+    assert budget <= summary["env_steps"] < budget + actors * envs, summary
+    assert summary["updates"] > 0
+
+
 def test_mnih_final_epsilons_are_drawn_per_process_and_annealed() -> None:
     import queue
 
