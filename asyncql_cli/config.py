@@ -135,6 +135,7 @@ class EvalConfig:
     interval_seconds: float = 5.0
     episodes: int = 10
     confirm_episodes: int = 100
+    confirm_margin: float = 2.0
     seed: int = 1_000_000
     video: bool = False
     video_episodes: int = 1
@@ -196,7 +197,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "algo.lr_final", "parallelism.max_actor_restarts", "train.learning_starts", "buffer.alpha", "seed",
-    "eval.seed", "exploration.apex_alpha", "eval.confirm_episodes",
+    "eval.seed", "exploration.apex_alpha", "eval.confirm_episodes", "eval.confirm_margin",
 )
 UNIT_INTERVAL = (
     "algo.gamma", "buffer.beta", "buffer.beta_final", "exploration.apex_base",

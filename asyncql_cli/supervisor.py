@@ -54,7 +54,7 @@ from asyncql_cli.checkpoint import (
 )
 from asyncql_cli.config import BadInput, to_plain, validate
 from asyncql_cli.envs import inspect_env
-from asyncql_cli.evaluate import evaluate
+from asyncql_cli.evaluate import EvalResult, evaluate
 from asyncql_cli.frame_replay import describe, human_bytes
 from asyncql_cli.hogwild import load_into_shared
 from asyncql_cli.learner import Learner, last_checkpoint_name, learner_main
@@ -91,6 +91,7 @@ class Run:
         self.error: Optional[str] = None
         self.exit_reason = "budget"
         self.best_eval: Optional[float] = None
+        self.best_lower: Optional[float] = None  # best.pt's confirmed mean minus eval.confirm_margin s.e.
         self.best_env_steps: Optional[int] = None
         self.best_wall_seconds: Optional[float] = None  # wall clock of this run to its best eval
         self.solved_at: Optional[tuple[int, float]] = None  # (env steps, wall s) of the first solved eval
@@ -215,16 +216,21 @@ class Run:
                 log.error("%s failed: %s\n%s", role, reason, text)
 
     # -- evaluation ------------------------------------------------------------------
-    def _greedy_mean(self, net: torch.nn.Module, episodes: int, seed: int) -> float:
+    def _greedy(self, net: torch.nn.Module, episodes: int, seed: int) -> EvalResult:
         env, ev = self.plain["env"], self.plain["eval"]
         return evaluate(net, self.spec.env_id, env["kwargs"], ev["max_episode_steps"] or env["max_episode_steps"],
-                        episodes, seed, atari=env.get("atari")).mean
+                        episodes, seed, atari=env.get("atari"))
 
     def _confirm_threshold(self) -> Optional[float]:
         """The lowest return that would count (stop or solved): evaluations reaching it are confirmed."""
         limits = [v for v in (self.plain["train"]["stop_at_return"], self.plain["env"]["solved_return"])
                   if v is not None]
         return min(limits) if limits else None
+
+    def _stop_reached(self) -> bool:
+        """train.stop_at_return is reached by best.pt itself, with eval.confirm_margin to spare."""
+        target = self.plain["train"]["stop_at_return"]
+        return target is not None and self.best_lower is not None and self.best_lower >= target
 
     def _evaluate(self, c: Components, steps: int) -> Optional[float]:
         """Greedy evaluation of every published network (one per independent learner);
@@ -235,13 +241,13 @@ class Run:
             published = store.read_into(net)
             if published is None:
                 continue
-            score = self._greedy_mean(net, ev["episodes"], ev["seed"])
+            result = self._greedy(net, ev["episodes"], ev["seed"])
             if len(c.stores) > 1:
-                self.reporter.scalar(f"learner{index}/eval_mean_return", score, steps)
-            scores.append((score, -index, published))
+                self.reporter.scalar(f"learner{index}/eval_mean_return", result.mean, steps)
+            scores.append((result.mean, -index, published, result))
         if not scores:
             return None
-        mean, negative_index, updates = max(scores)
+        mean, negative_index, updates, result = max(scores, key=lambda score: score[:3])
         best_index = -negative_index
         self.eval_net = self.eval_nets[best_index]
         self.reporter.scalar("eval/mean_return", mean, steps)
@@ -252,25 +258,32 @@ class Run:
         threshold = self._confirm_threshold()
         if (ev["confirm_episodes"] and threshold is not None and mean >= threshold
                 and (self.best_eval is None or mean > self.best_eval)):
-            # confirm on fresh episodes (seeds after the periodic ones) before it counts; only
-            # when it could become the best, so a solved policy is not re-checked every interval
-            episodes, seed = ev["confirm_episodes"], ev["seed"] + ev["episodes"]
-            mean = self._greedy_mean(self.eval_net, episodes, seed)
+            # confirm on fresh episodes before it counts, only when it could become the best (a
+            # solved policy is not re-checked every interval), and each time on episodes of its
+            # own (seeds after the periodic ones, a new range per env-step count): re-testing
+            # policy after policy on the same episodes would stop on the first that suits them
+            episodes = ev["confirm_episodes"]
+            seed = ev["seed"] + ev["episodes"] + steps * episodes
+            result = self._greedy(self.eval_net, episodes, seed)
+            mean, lower = result.mean, result.lower_bound(ev["confirm_margin"])
             self.reporter.scalar("eval/confirmed_mean_return", mean, steps)
-            log.info("confirmation at %d env steps: mean return %.1f over %d episodes", steps, mean, episodes)
+            self.reporter.scalar("eval/confirmed_lower_bound", lower, steps)
+            log.info("confirmation at %d env steps: mean return %.1f over %d episodes (lower bound %.1f)",
+                     steps, mean, episodes, lower)
         self.reporter.eval_return = mean
         wall = time.monotonic() - self.reporter.start
         if self.solved_at is None and solved_return is not None and mean >= solved_return:
             self.solved_at = (steps, wall)
         if self.best_eval is None or mean > self.best_eval:
             self.best_eval = mean
+            self.best_lower = result.lower_bound(ev["confirm_margin"])
             self.best_env_steps = steps
             self.best_wall_seconds = wall
             self.reporter.best_eval = mean
             state = {**checkpoint_meta(self.plain, self.spec),
                      "q_net": {k: v.clone() for k, v in self.eval_net.state_dict().items()},
                      "updates": updates, "env_steps": steps, "eval_return": mean,
-                     "learner_index": best_index,
+                     "learner_index": best_index, "eval_lower_bound": self.best_lower,
                      "eval_episodes": episodes, "eval_seed": seed}
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
         return mean
@@ -375,6 +388,7 @@ class Run:
         if (checkpoints / "best.pt").is_file():
             best = load_checkpoint(checkpoints / "best.pt")
             self.best_eval = best.get("eval_return")
+            self.best_lower = best.get("eval_lower_bound")
             self.best_env_steps = best.get("env_steps")
         replay_file = checkpoints / REPLAY_FILE
         restored = load_replay_into(c.storage, replay_file) if replay_file.is_file() and c.storage else 0
@@ -423,9 +437,9 @@ class Run:
                 last_log, last_steps, last_updates = now, steps, updates
             self.reporter.progress(steps, updates, c.replay_size())
             if now - last_eval >= ev["interval_seconds"]:
-                mean = self._evaluate(c, steps)
+                self._evaluate(c, steps)
                 last_eval = time.monotonic()
-                if mean is not None and t["stop_at_return"] is not None and mean >= t["stop_at_return"]:
+                if self._stop_reached():
                     self.exit_reason = "solved"
                     return
             if ev["video"] and ev["video_interval_seconds"] and now - last_video >= ev["video_interval_seconds"]:

@@ -126,7 +126,7 @@ def main() -> int:
     text = (f"{table(rows, seeds)}\n\nMachine: {os.cpu_count()} CPUs; load average {load_before[0]:.2f} at the "
             f"start, {os.getloadavg()[0]:.2f} at the end. Each run stops once a 10-episode greedy evaluation "
             f">= the solved return is confirmed on further episodes (eval.confirm_episodes: the env's, e.g. CartPole "
-            f"200, else 100), or after "
+            f"200, else 100) with a mean eval.confirm_margin (2) standard errors above it, or after "
             f"{args.max_seconds:.0f} s; 'solved' is judged by a fresh 100-episode greedy evaluation of best.pt "
             f"(seeds no run has seen).\n")
     (args.out / "modes.md").write_text(text)

@@ -454,7 +454,10 @@ def markdown(results: list[RunResult], meta: dict[str, Any], tools: list[str]) -
         + (f" reaches {meta['asyncql_stop_at_return']:g} (`train.stop_at_return`) and"
            if meta.get("asyncql_stop_at_return") is not None else "")
         + f" is confirmed on {meta.get('asyncql_confirm_episodes', 100)} further episodes "
-        f"(`eval.confirm_episodes`), or at {meta['max_seconds']:g} s. "
+        f"(`eval.confirm_episodes`)"
+        + (f" with a mean {meta['asyncql_confirm_margin']:g} standard errors above it (`eval.confirm_margin`)"
+           if meta.get("asyncql_confirm_margin") else "")
+        + f", or at {meta['max_seconds']:g} s. "
         "Env steps to solve: env steps at the evaluation that picked the kept "
         "weights. Medians and ranges over all seeds; an unsolved seed counts as ∞. "
         + (f"SB3: rl-baselines3-zoo DQN hyperparameters, {meta['sb3_threads_note']}; "
@@ -540,7 +543,7 @@ def asyncql_eval_setting(results: list[RunResult], key: str) -> Any:
 
     composed = [Path(r.run_dir) / ".hydra" / "config.yaml" for r in results if r.tool == "asyncql"]
     source = next((f for f in composed if f.is_file()), REPO / "conf" / "config.yaml")
-    return yaml.safe_load(source.read_text())["eval"][key]
+    return yaml.safe_load(source.read_text())["eval"].get(key)
 
 
 def run_one(args: argparse.Namespace, tool: str, seed: int) -> RunResult:
@@ -598,6 +601,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "eval_episodes": args.eval_episodes, "sb3_eval_freq": args.sb3_eval_freq,
             "asyncql_eval_interval": f"{asyncql_eval_setting(results, 'interval_seconds'):g} s",
             "asyncql_confirm_episodes": asyncql_eval_setting(results, "confirm_episodes"),
+            "asyncql_confirm_margin": asyncql_eval_setting(results, "confirm_margin"),
             "total_seconds": time.monotonic() - start,
             "load_average": {"start": load_start, "end": list(os.getloadavg())},
             "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),

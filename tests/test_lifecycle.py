@@ -143,7 +143,9 @@ def test_stop_at_return_is_confirmed_on_fresh_episodes_before_it_counts(tmp_path
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     if confirm:
         assert "confirmation at" in log and f"over {confirm} episodes" in log
-        assert best["eval_episodes"] == confirm and best["eval_seed"] == 1_000_000_000 + 10
+        # its own episodes: after the periodic ones, a range per env-step count
+        assert best["eval_episodes"] == confirm
+        assert best["eval_seed"] == 1_000_000_000 + 10 + best["env_steps"] * confirm
     else:
         assert "confirmation at" not in log
         assert best["eval_episodes"] == 10 and best["eval_seed"] == 1_000_000_000
@@ -152,3 +154,27 @@ def test_stop_at_return_is_confirmed_on_fresh_episodes_before_it_counts(tmp_path
                   f"eval.seed={best['eval_seed']}", cwd=tmp_path)
     assert replay.returncode == 0, replay.stderr[-2000:]
     assert json.loads((run_dir / "eval.json").read_text())["mean_return"] == pytest.approx(best["eval_return"])
+
+
+def test_a_run_stops_only_once_best_pt_clears_the_target_by_the_margin(tmp_path: Path) -> None:
+    """eval.confirm_margin: the stop needs best.pt's confirmed mean minus k standard errors at
+    the target. An untrained policy confirmed at ~9 with a margin of 1000 standard errors is
+    above 3.0 but not by the margin: the run goes on to its budget."""
+    run_dir = tmp_path / "run"
+    margin, confirm = 1000.0, 100
+    result = _cli("train", "parallelism=serial", "train.stop_at_return=3.0", "train.learning_starts=100000",
+                  "train.total_env_steps=3000", "eval.interval_seconds=0.2", f"eval.confirm_episodes={confirm}",
+                  f"eval.confirm_margin={margin}", "train.progress=plain", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["eval_return"] >= 3.0 and best["eval_episodes"] == confirm  # a confirmed score above 3 ...
+    assert summary["exit_reason"] == "budget"  # ... that did not stop the run
+    # the bound is the confirmation's mean minus k sample standard errors
+    replay = _cli("eval", f"run_dir={run_dir}", f"eval.episodes={confirm}", f"eval.seed={best['eval_seed']}",
+                  cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    stats = json.loads((run_dir / "eval.json").read_text())
+    assert stats["std_return"] > 0
+    want = stats["mean_return"] - margin * stats["std_return"] / (confirm - 1) ** 0.5
+    assert best["eval_lower_bound"] == pytest.approx(want) and best["eval_lower_bound"] < 3.0
