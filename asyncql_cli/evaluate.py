@@ -32,8 +32,8 @@ class EvalResult:
         return statistics.fmean(self.returns)
 
     def lower_bound(self, standard_errors: float) -> float:
-        """mean - k * s / sqrt(n): with k = 2, a policy whose true mean return is at this
-        bound scores above it on these n episodes only about 2% of the time."""
+        """mean - k * s / sqrt(n): with k = 2, a policy whose true mean return were below this
+        bound would score the observed mean on n episodes less than about 2% of the time."""
         r = self.returns
         spread = statistics.stdev(r) / len(r) ** 0.5 if len(r) > 1 else 0.0
         return self.mean - standard_errors * spread
