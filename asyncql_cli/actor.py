@@ -214,7 +214,13 @@ class Actor:
             greedy = self.q_net(torch.as_tensor(self.obs)).argmax(1).numpy()  # the net casts (and scales uint8)
         return np.where(explore, random_actions, greedy)
 
-    def learner_owes_updates(self) -> bool:
+    def must_wait(self) -> bool:
+        """The budget is spent or the learner owes updates: the loop waits instead of stepping
+        (one read of the global step count for both, as this runs before every vector step)."""
+        steps = self.counters.total_env_steps()
+        return self.budget_spent(steps) or self.learner_owes_updates(steps)
+
+    def learner_owes_updates(self, total_env_steps: int) -> bool:
         """True when the learner is more than `max_update_debt` updates behind the target
         replay ratio; the actor then waits instead of filling the buffer with stale data."""
         s = self.s
@@ -224,15 +230,17 @@ class Actor:
             self.learner_ready = self.storage.size() >= s.learner_ready_rows
             if not self.learner_ready:
                 return False
-        learnable = self.counters.total_env_steps() - s.learning_starts
+        learnable = total_env_steps - s.learning_starts
         done = self.counters.updates() if s.one_network else self.counters.slowest_learner_updates()
         return s.replay_ratio * learnable - done > s.max_update_debt
 
-    def budget_spent(self) -> bool:
+    def budget_spent(self, total_env_steps: Optional[int] = None) -> bool:
         """The run's env steps are all taken: stepping on would only overshoot the budget while
         the supervisor (which polls) gets round to stopping us."""
         budget = self.s.env_step_budget
-        return budget is not None and self.counters.total_env_steps() >= budget
+        if budget is None:
+            return False
+        return (self.counters.total_env_steps() if total_env_steps is None else total_env_steps) >= budget
 
     def step(self) -> None:
         """One vector-env step of all envs of this actor."""
@@ -334,7 +342,7 @@ def actor_main(settings: ActorSettings, storage: ReplayStorage, params: Paramete
         slot = settings.actor_id
         while not stop_event.is_set() and parent_alive(parent_pid):
             counters.beat(slot)
-            if actor.learner_owes_updates() or actor.budget_spent():
+            if actor.must_wait():
                 actor.flush()  # everything finished is in the replay while we wait
                 time.sleep(WAIT_SECONDS)
                 continue
