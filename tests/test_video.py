@@ -42,10 +42,16 @@ def _decode(path: Path) -> tuple[list[np.ndarray], float]:
         reader.close()
 
 
-def _assert_not_blank(frames: list[np.ndarray]) -> None:
+# share of consecutive frame pairs that must differ: an untrained policy's pole falls in every
+# frame; a trained one can balance a cart that holds still (sub-pixel moves) for long stretches
+# of a 500-step episode (one run: 171 of 500 pairs moved), but a frozen or blank clip moves in none
+MOVING_UNTRAINED, MOVING_TRAINED = 0.5, 0.1
+
+
+def _assert_not_blank(frames: list[np.ndarray], moving_share: float = MOVING_UNTRAINED) -> None:
     assert all(float(f.std()) > 5.0 for f in frames), "a decoded frame is (nearly) one colour"
     moving = sum(float(np.abs(a.astype(int) - b.astype(int)).mean()) > 0.01 for a, b in zip(frames, frames[1:]))
-    assert moving >= len(frames) // 2, "consecutive frames are identical: nothing moves"
+    assert moving >= moving_share * (len(frames) - 1), "consecutive frames are identical: nothing moves"
 
 
 def _video_images(run_dir: Path) -> list:
@@ -173,7 +179,7 @@ def test_train_and_eval_write_videos_and_tensorboard_clips(tmp_path: Path) -> No
     (clip,) = (run_dir / "videos").glob("best_step_*.mp4")  # the end-of-run clip of best.pt
     frames, fps = _decode(clip)
     assert fps == pytest.approx(50.0) and len(frames) > 5
-    _assert_not_blank(frames)
+    _assert_not_blank(frames, MOVING_TRAINED)  # best.pt after 2,000 steps may already balance 500 steps
     (image,) = _video_images(run_dir)
     _assert_gif(image.encoded_image_string)
 
@@ -186,7 +192,7 @@ def test_train_and_eval_write_videos_and_tensorboard_clips(tmp_path: Path) -> No
     assert json.loads((run_dir / "eval.json").read_text())["video"] == str(video)
     frames, fps = _decode(video)
     assert fps == pytest.approx(50.0)
-    _assert_not_blank(frames)
+    _assert_not_blank(frames, MOVING_TRAINED)
     images = _video_images(run_dir)
     assert len(images) == 2  # training's clip and eval's, both at the checkpoint's env steps
 
