@@ -33,7 +33,7 @@ EVAL_SEED = 2_000_000_000
 
 def run_one(env: str, mode: str, seed: int, max_seconds: float, out: Path) -> dict:
     run_dir = out / "runs" / env / mode.split()[0] / f"seed{seed}"
-    command = [sys.executable, "-m", "asyncql_cli.cli", "train", f"env={env}", f"seed={seed}",
+    command = [sys.executable, "-m", "asyncql_cli", "train", f"env={env}", f"seed={seed}",
                f"train.stop_at_return={SOLVED[env]}", f"train.max_seconds={max_seconds}",
                "train.total_env_steps=1000000000",  # every mode stops on solving or on the time cap
                "train.progress=none", "eval.interval_seconds=2", f"hydra.run.dir={run_dir}", *MODES[mode]]
@@ -41,7 +41,7 @@ def run_one(env: str, mode: str, seed: int, max_seconds: float, out: Path) -> di
     code = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     wall = time.time() - launched
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    evaluated = subprocess.run([sys.executable, "-m", "asyncql_cli.cli", "eval", f"run_dir={run_dir}",
+    evaluated = subprocess.run([sys.executable, "-m", "asyncql_cli", "eval", f"run_dir={run_dir}",
                                 "eval.episodes=100", f"eval.seed={EVAL_SEED + 1000 * seed}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     quality = json.loads((run_dir / "eval.json").read_text())["mean_return"] if evaluated == 0 else None

@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="extra asyncql train overrides")
     args = parser.parse_args()
     run_dir = Path("runs/soak") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    command = [sys.executable, "-m", "asyncql_cli.cli", "train", "env=CartPole-v1",
+    command = [sys.executable, "-m", "asyncql_cli", "train", "env=CartPole-v1",
                "train.total_env_steps=1000000000", f"train.max_seconds={args.minutes * 60}",
                "train.progress=plain", f"hydra.run.dir={run_dir}", *args.overrides]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

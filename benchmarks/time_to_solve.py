@@ -9,7 +9,7 @@ seed 1, ...) so that a change in machine load hits both alike. Each run is its o
 Python process, timed from launch to exit, so both pay their own interpreter, import and
 setup costs:
 
-- asyncql: the real CLI, `python -m asyncql_cli.cli train env=... seed=...
+- asyncql: the real CLI, `python -m asyncql_cli train env=... seed=...
   train.stop_at_return=<threshold> train.max_seconds=<cap>`, with its own defaults otherwise
   (a greedy 10-episode evaluation every `eval.interval_seconds`). The eval-return curve comes
   from the run's TensorBoard events (`eval/mean_return`, wall time relative to launch).
@@ -22,7 +22,7 @@ setup costs:
   and by a wall-clock cap.
 
 Both then get the same final test, outside the timed runs: asyncql's own greedy evaluator
-(`asyncql_cli.evaluate.evaluate`) for `--eval-episodes` episodes on seeds no run has seen
+(`asyncql_cli.evaluation.evaluate.evaluate`) for `--eval-episodes` episodes on seeds no run has seen
 (episode k of seed s uses env seed 2_000_000_000 + 1000 * s + k), applied to the weights each
 tool kept as best (asyncql `checkpoints/best.pt`, SB3 `best_model.zip`'s `q_net`).
 
@@ -198,7 +198,7 @@ def asyncql_command(env_id: str, seed: int, threshold: float, max_seconds: float
     The run stops at `stop_at` (default: the threshold it is judged by)."""
     env_args = [f"env={env_id}"] if (REPO / "conf" / "env" / f"{env_id}.yaml").is_file() \
         else ["env=gym", f"env.id={env_id}", f"env.solved_return={threshold}"]
-    return [sys.executable, "-m", "asyncql_cli.cli", "train", *env_args, f"seed={seed}",
+    return [sys.executable, "-m", "asyncql_cli", "train", *env_args, f"seed={seed}",
             f"train.stop_at_return={threshold if stop_at is None else stop_at}", f"train.max_seconds={max_seconds}",
             "train.progress=plain", f"hydra.run.dir={run_dir}"]
 
@@ -250,8 +250,8 @@ def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, ou
 
 
 def asyncql_best_net(run_dir: Path) -> Any:
+    from asyncql_cli.algo.networks import build_network
     from asyncql_cli.checkpoint import load_checkpoint
-    from asyncql_cli.networks import build_network
 
     state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     net = build_network(state["network"], state["obs_shape"], state["num_actions"])
@@ -374,7 +374,7 @@ def sb3_best_net(run_dir: Path) -> Any:
 # -- final test -----------------------------------------------------------------------------
 def final_test(result: RunResult, env_id: str, threshold: float, episodes: int) -> None:
     """The same greedy evaluator and fresh seeds for both tools, on the weights each kept."""
-    from asyncql_cli.evaluate import evaluate
+    from asyncql_cli.evaluation.evaluate import evaluate
 
     loader = asyncql_best_net if result.tool == "asyncql" else sb3_best_net
     try:

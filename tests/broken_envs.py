@@ -6,6 +6,9 @@ imports the module in every process, like a user's own env package.
   ASYNCQL_TEST_CRASH_AFTER steps in the process that first creates $ASYNCQL_TEST_CRASH_FLAG.
 - HangOnce-v0: like CrashOnce-v0, but `step` blocks forever instead of raising.
 - NaNReward-v0: CartPole whose rewards turn NaN after ASYNCQL_TEST_NAN_AFTER steps.
+- TextObservations-v0: CartPole whose observations are text, a space no network can take.
+- SlowSteps-v0: every episode lasts SLOW_EPISODE_STEPS steps whatever the actions, and every step
+  sleeps ASYNCQL_TEST_STEP_SECONDS: an evaluation of it takes as long as the test wants.
 """
 
 from __future__ import annotations
@@ -64,3 +67,44 @@ class NaNRewardEnv(CartPoleEnv):
 gym.register(id="CrashOnce-v0", entry_point=CrashOnceEnv, max_episode_steps=500)
 gym.register(id="HangOnce-v0", entry_point=HangOnceEnv, max_episode_steps=500)
 gym.register(id="NaNReward-v0", entry_point=NaNRewardEnv, max_episode_steps=500)
+
+
+class TextObservationsEnv(CartPoleEnv):
+    def __init__(self, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.observation_space = gym.spaces.Text(max_length=8)
+
+    def reset(self, **kwargs):  # type: ignore[no-untyped-def]
+        super().reset(**kwargs)
+        return "start", {}
+
+    def step(self, action):  # type: ignore[override]
+        _, reward, terminated, truncated, info = super().step(action)
+        return "step", reward, terminated, truncated, info
+
+
+gym.register("TextObservations-v0", entry_point=TextObservationsEnv, max_episode_steps=50)
+
+
+SLOW_EPISODE_STEPS = 200
+
+
+class SlowStepsEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample() * 0.0, {}
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        time.sleep(float(os.environ.get("ASYNCQL_TEST_STEP_SECONDS", "0.01")))
+        self.t += 1
+        return self.observation_space.sample() * 0.0, 1.0, self.t >= SLOW_EPISODE_STEPS, False, {}
+
+
+gym.register("SlowSteps-v0", entry_point=SlowStepsEnv)

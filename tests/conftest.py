@@ -27,7 +27,7 @@ Running the CLI (a fresh interpreter per call, as a user would run it):
                            cwd=tmp_path, timeout=30)
 
   `run_cli(*args, cwd, timeout=60, env=None, check_leftovers=True)` runs
-  `[sys.executable, "-m", "asyncql_cli.cli", *args]` and returns a `CliResult`, a named
+  `[sys.executable, "-m", "asyncql_cli", *args]` and returns a `CliResult`, a named
   tuple `(returncode, stdout, stderr)`. Pass `cwd=tmp_path` so a default `runs/` lands in
   the test's directory. The child runs in its own session (process group): if it outlives
   `timeout`, the whole group is killed and the test fails with the output so far; with
@@ -37,7 +37,11 @@ Running the CLI (a fresh interpreter per call, as a user would run it):
   are reported the way users see them; `env` adds or overrides variables.
 
 Also here: `bad_input_line(stderr)` checks the one-line `asyncql: error: ...` contract and
-returns that line; `has_gpu()` tells whether CUDA is usable (imports torch lazily).
+returns that line; `has_gpu()` tells whether CUDA is usable (imports torch lazily). Tests
+marked `@pytest.mark.cuda` are skipped without a GPU (`pytest -m cuda` selects them).
+
+`--stress-iterations N` runs every `@pytest.mark.stress` test (the multi-process race tests) N
+times in one session: `make stress` (200 by default).
 """
 
 from __future__ import annotations
@@ -55,12 +59,26 @@ from typing import Any, NamedTuple, Optional
 import pytest
 from omegaconf import DictConfig
 
-from asyncql_cli.cli import config_dir
+from asyncql_cli.cli.hydra_app import config_dir
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--stress-iterations", type=int, default=1,
+                     help="run each test marked stress this many times (make stress)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    iterations = metafunc.config.getoption("stress_iterations")
+    if iterations > 1 and metafunc.definition.get_closest_marker("stress"):
+        metafunc.fixturenames.append("stress_iteration")
+        metafunc.parametrize("stress_iteration", range(iterations))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = Path(config_dir())
 # Directories of conf/ that are not user-facing config groups.
 NON_GROUP_DIRS = ("hydra",)
+# how long a finished CLI's process group may take to go (a wait, not a bound: it ends when it is gone)
+LEFTOVER_GRACE_SECONDS = 60.0
 
 
 # ----------------------------------------------------------------------------- composing
@@ -70,11 +88,11 @@ def compose_config(
     """Compose conf/<config_name>.yaml with Hydra overrides, as `asyncql train` does."""
     from hydra import compose, initialize_config_dir
 
-    from asyncql_cli.cli import _register_resolvers
-    from asyncql_cli.config import register_configs
+    from asyncql_cli.cli.hydra_app import register_resolvers
+    from asyncql_cli.config.schema import register_configs
 
     register_configs()
-    _register_resolvers()
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
         return compose(
             config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
@@ -146,11 +164,11 @@ def run_cli(
     env: Optional[dict[str, str]] = None,
     check_leftovers: bool = True,
 ) -> CliResult:
-    """Run `python -m asyncql_cli.cli ARGS` in `cwd`; return (returncode, stdout, stderr)."""
+    """Run `python -m asyncql_cli ARGS` in `cwd`; return (returncode, stdout, stderr)."""
     child_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     child_env.update(env or {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncql_cli.cli", *args],
+        [sys.executable, "-m", "asyncql_cli", *args],
         cwd=cwd, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
@@ -165,7 +183,7 @@ def run_cli(
             f"--- stdout (end):\n{stdout[-3000:]}\n--- stderr (end):\n{stderr[-3000:]}"
         )
     if check_leftovers:
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _group_alive(pgid):
@@ -190,3 +208,12 @@ def has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` skip cleanly on a machine without a CUDA GPU."""
+    needs_gpu = [item for item in items if item.get_closest_marker("cuda")]
+    if needs_gpu and not has_gpu():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in needs_gpu:
+            item.add_marker(skip)

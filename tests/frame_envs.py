@@ -20,8 +20,10 @@ import torch
 from gymnasium.wrappers import FrameStackObservation
 from torch import nn
 
-from asyncql_cli.actor import Actor, ActorSettings, ExplorationSettings
-from asyncql_cli.process import Counters
+from asyncql_cli.config.schema import ActorConfig, AtariConfig, EnvConfig, ExplorationConfig, NetworkConfig
+from asyncql_cli.envs.make import EnvSpec
+from asyncql_cli.shm.counters import Counters
+from asyncql_cli.workers.actor import Actor, ActorSettings
 
 STACK = 4
 FRAME = (6, 6)
@@ -95,24 +97,27 @@ class FlatQ(nn.Module):
 
 
 def actor_settings(actor_id: int, num_actors: int, envs: int, n_step: int, gamma: float,
-                   priorities: bool = False, env_id: str = ENV_ID, atari: Optional[dict[str, Any]] = None,
+                   priorities: bool = False, env_id: str = ENV_ID, atari: Optional[AtariConfig] = None,
                    num_actions: int = NUM_ACTIONS) -> ActorSettings:
     """Settings of an actor on `Frames-v0`, or on an Atari game (`atari` settings given)."""
+    env = EnvSpec(env=EnvConfig(id=env_id, kwargs={}, max_episode_steps=None, atari=atari),
+                  obs_shape=OBS_SHAPE if atari is None else (atari.frame_stack, atari.screen_size, atari.screen_size),
+                  obs_dtype="uint8", num_actions=num_actions)
     return ActorSettings(
-        actor_id=actor_id, num_actors=num_actors, envs_per_actor=envs, env_id=env_id, env_kwargs={},
-        max_episode_steps=None, obs_shape=OBS_SHAPE if atari is None else (4, 84, 84), num_actions=num_actions,
-        atari=atari,
-        network={"hidden": [8], "dueling": False}, gamma=gamma, n_step=n_step, write_batch=8,
-        weight_sync_steps=100, exploration=ExplorationSettings("apex", 0.4, 7.0, 1.0, 0.01, 1000),
-        seed=100 + 10 * actor_id, replay_ratio=1.0, learning_starts=0, max_update_debt=None,
-        compute_priorities=priorities,
+        actor_id=actor_id, num_actors=num_actors, envs_per_actor=envs, env=env,
+        network=NetworkConfig(name="mlp", hidden=[8], dueling=False),  # unused: the actors act with FlatQ
+        exploration=ExplorationConfig(schedule="apex", apex_base=0.4, apex_alpha=7.0, linear_start=1.0,
+                                      linear_end=0.01, linear_steps=1000),
+        acting=ActorConfig(write_batch=8, weight_sync_steps=100, max_update_debt=None),
+        gamma=gamma, n_step=n_step, seed=100 + 10 * actor_id, replay_ratio=1.0, learning_starts=0,
+        max_update_debt=None, compute_priorities=priorities,
     )
 
 
 def make_actor(settings: ActorSettings, storage: Any) -> Actor:
     """An actor acting epsilon-greedily with a fixed `FlatQ` (no parameter store)."""
     torch.manual_seed(settings.actor_id)
-    q_net = FlatQ(settings.obs_shape, settings.num_actions)
+    q_net = FlatQ(settings.env.obs_shape, settings.env.num_actions)
     return Actor(settings, storage, None, Counters(settings.num_actors), queue.SimpleQueue(), q_net=q_net)
 
 

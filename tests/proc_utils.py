@@ -95,7 +95,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
 def start_train(args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     """`asyncql train ARGS` as a child of the test, output captured."""
     return subprocess.Popen(
-        [sys.executable, "-m", "asyncql_cli.cli", "train", *args],
+        [sys.executable, "-m", "asyncql_cli", "train", *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})},
     )

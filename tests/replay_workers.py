@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from asyncql_cli.params import ParameterStore
-from asyncql_cli.replay import FIELDS, ReplayStorage
+from asyncql_cli.replay.batch import FIELDS
+from asyncql_cli.replay.transitions import ReplayStorage
+from asyncql_cli.shm.params import ParameterStore
 
 NUM_ACTIONS = 7
 
@@ -51,12 +53,28 @@ def rows_for_ids(ids: torch.Tensor, obs_dim: int) -> dict[str, torch.Tensor]:
     }
 
 
+def assert_rows_whole(batch: Any) -> torch.Tensor:
+    """Every row equals the row written for its id; returns the ids."""
+    assert torch.isfinite(batch.obs).all() and torch.isfinite(batch.next_obs).all()
+    assert torch.isfinite(batch.reward).all() and torch.isfinite(batch.discount).all()
+    assert (batch.action >= 0).all()
+    ids = batch.reward.to(torch.int64)
+    assert (ids.to(torch.float32) == batch.reward).all(), "reward is not an integer id"
+    assert (ids >= 1).all(), "an unwritten (sentinel) or foreign row came back"
+    assert (batch.obs == batch.reward[:, None]).all(), "obs does not match the row's id"
+    assert (batch.next_obs == batch.reward[:, None] + 0.5).all(), "next_obs does not match the row's id"
+    assert (batch.action == ids % NUM_ACTIONS).all(), "action does not match the row's id"
+    assert (batch.discount == discount_of(ids)).all(), "discount does not match the row's id"
+    return ids
+
+
 def write_uncommitted(storage: ReplayStorage, segment: int, rows: dict[str, torch.Tensor]) -> None:
     """Store rows in the slots after the cursor without advancing it: what a writer that dies
-    between copying a batch and committing it leaves behind."""
+    between copying a batch and committing it leaves behind (the row copy of `storage.write`
+    without its commit; tests only: real writers go through `write`)."""
     count = rows["action"].shape[0]
     assert count <= storage.write_batch
-    start = int(storage.cursors[segment])
+    start = storage.cursor(segment)
     slots = segment * storage.segment_size + torch.arange(start, start + count) % storage.segment_size
     for name in FIELDS:
         getattr(storage, name).index_copy_(0, slots, rows[name])
@@ -71,7 +89,7 @@ def continuous_writer(
     rng = np.random.default_rng(seed)
     obs_dim = storage.obs.shape[1]
     while int(stop[0]) == 0:
-        pos = int(storage.cursors[segment])
+        pos = storage.cursor(segment)  # our own cursor: this process is its only writer
         if pos >= max_rows:
             break
         count = int(rng.integers(1, 2 * storage.write_batch + 1))

@@ -1,4 +1,4 @@
-"""The Atari env layer (asyncql_cli/atari.py, env=atari|Pong|Breakout): real ALE games on the
+"""The Atari env layer (asyncql_cli/envs/atari.py, env=atari|Pong|Breakout): real ALE games on the
 CPU, a few hundred to a few thousand agent steps each (fast: ALE runs ~1,000+ steps/s).
 
 Contract checked here: observations are uint8 (frame_stack, 84, 84) stacks that equal frames
@@ -17,15 +17,23 @@ import numpy as np
 import pytest
 from conftest import compose_config
 
-from asyncql_cli.atari import make_atari_env
-from asyncql_cli.config import BadInput, validate
-from asyncql_cli.envs import inspect_env, make_env, make_vector_env
+from asyncql_cli.config.loading import load_config
+from asyncql_cli.config.schema import AtariConfig, EnvConfig
+from asyncql_cli.envs.atari import make_atari_env
+from asyncql_cli.envs.make import inspect_env, make_env, make_vector_env
+from asyncql_cli.errors import BadInput
 
 MAX_STEPS = 5_000  # a random game of Breakout / Pong / SpaceInvaders ends well before this
 
 
 def _env(game: str, training: bool, **atari: Any) -> gym.Env:
-    return make_atari_env(f"ALE/{game}-v5", {}, atari, training)
+    """The game with the default preprocessing (AtariConfig()), `atari` changing some of it."""
+    return make_atari_env(f"ALE/{game}-v5", {}, AtariConfig(**atari), training)
+
+
+def _atari(env_id: str) -> EnvConfig:
+    """The `env` section of env=atari env.id=<env_id>: default preprocessing."""
+    return EnvConfig(id=env_id, atari=AtariConfig())
 
 
 def _play_game(env: gym.Env, seed: int, action: Optional[int] = None) -> list[tuple]:
@@ -182,7 +190,7 @@ def test_evaluation_rewards_are_raw_and_sum_to_game_return() -> None:
 
 
 def test_game_length_counts_agent_steps_and_max_episode_steps_caps_a_game() -> None:
-    env = make_env("ALE/Pong-v5", {}, max_episode_steps=50, atari={}, training=False)
+    env = make_env(_atari("ALE/Pong-v5"), max_episode_steps=50, training=False)
     env.reset(seed=0)
     for _ in range(50):
         _, _, terminated, truncated, info = env.step(0)
@@ -194,7 +202,7 @@ def test_game_length_counts_agent_steps_and_max_episode_steps_caps_a_game() -> N
 def test_vector_env_reports_games_in_final_info() -> None:
     """The actors' vector env (same-step autoreset): lost lives end learner episodes;
     `info["final_info"]["game_return"]` (mask `_game_return`) marks the envs whose game ended."""
-    envs = make_vector_env("ALE/Breakout-v5", 2, {}, None, atari={}, training=True)
+    envs = make_vector_env(_atari("ALE/Breakout-v5"), 2, training=True)
     obs, _ = envs.reset(seed=0)
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
     rng = np.random.default_rng(0)
@@ -248,43 +256,45 @@ def test_video_of_an_atari_game_is_nonblank_and_real_time(tmp_path: Any) -> None
     60 / frame_skip = 15 frames a second of play."""
     import torch
 
-    from asyncql_cli.video import record_video
+    from asyncql_cli.evaluation.video import record_video
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 84 * 84, 6))
-    result = record_video(net, "ALE/Pong-v5", {}, None, 1, 0, tmp_path / "pong.mp4", max_frames=40, atari={})
+    result = record_video(net, _atari("ALE/Pong-v5"), 1, 0, tmp_path / "pong.mp4", max_frames=40)
     assert result.video_fps == 15.0 and result.num_frames == 40
     assert result.path.stat().st_size > 1_000 and float(np.std(result.frames[-1])) > 1.0
 
 
 # ------------------------------------------------------------------------- inspect_env
 def test_inspect_env_accepts_atari_for_nature_cnn() -> None:
-    spec = inspect_env("ALE/Pong-v5", {}, None, atari={}, network_name="nature_cnn")
+    spec = inspect_env(_atari("ALE/Pong-v5"), network_name="nature_cnn")
     assert spec.obs_shape == (4, 84, 84) and spec.obs_dtype == "uint8" and spec.num_actions == 6
+    assert spec.env == _atari("ALE/Pong-v5") and spec.env_id == "ALE/Pong-v5"
 
 
 @pytest.mark.parametrize(
     ("env_id", "atari", "network", "expected"),
     [
-        ("ALE/Pong-v5", {}, "mlp", "network=mlp takes flat vectors"),
+        ("ALE/Pong-v5", AtariConfig(), "mlp", "network=mlp takes flat vectors"),
         ("CartPole-v1", None, "nature_cnn", "network=nature_cnn takes images"),
-        ("ALE/NoSuchGame-v5", {}, "nature_cnn", "ALE/NoSuchGame-v5"),
+        ("ALE/NoSuchGame-v5", AtariConfig(), "nature_cnn", "ALE/NoSuchGame-v5"),
         ("ALE/Pong-v5", None, "nature_cnn", "env=atari"),
-        ("CartPole-v1", {}, "nature_cnn", "not an Atari game"),
+        ("CartPole-v1", AtariConfig(), "nature_cnn", "not an Atari game"),
     ],
 )
-def test_inspect_env_rejects_mismatches_in_one_line(env_id: str, atari: Optional[dict], network: str,
+def test_inspect_env_rejects_mismatches_in_one_line(env_id: str, atari: Optional[AtariConfig], network: str,
                                                    expected: str) -> None:
     with pytest.raises(BadInput) as info:
-        inspect_env(env_id, {}, None, atari=atari, network_name=network)
+        inspect_env(EnvConfig(id=env_id, atari=atari), network_name=network)
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------ config
 def test_env_pong_selects_nature_cnn_and_atari_settings() -> None:
     cfg = compose_config(["env=Pong"])
-    validate(cfg)
+    config = load_config(cfg)
     assert cfg.env.id == "ALE/Pong-v5" and cfg.network.name == "nature_cnn"
     assert cfg.env.atari.frame_stack == 4 and cfg.env.atari.episodic_life is True
+    assert isinstance(config.env.atari, AtariConfig) and config.env.atari.frame_stack == 4  # typed
     assert compose_config(["env=Pong", "network=mlp"]).network.name == "mlp"  # the command line wins
     assert compose_config().env.atari is None  # CartPole: not Atari
 
@@ -292,14 +302,14 @@ def test_env_pong_selects_nature_cnn_and_atari_settings() -> None:
 @pytest.mark.parametrize("overrides", [["env=atari", "env.id=ALE/Breakout-v5"], ["env=Breakout"]])
 def test_breakout_composes(overrides: list[str]) -> None:
     cfg = compose_config(overrides)
-    validate(cfg)
+    load_config(cfg)
     assert cfg.env.id == "ALE/Breakout-v5" and cfg.network.name == "nature_cnn"
     assert cfg.env.atari.fire_reset == "auto"
 
 
 def test_env_atari_needs_an_id() -> None:
     with pytest.raises(BadInput, match=r"env\.id"):
-        validate(compose_config(["env=atari"]))
+        load_config(compose_config(["env=atari"]))
 
 
 @pytest.mark.parametrize(
@@ -317,10 +327,10 @@ def test_env_atari_needs_an_id() -> None:
 def test_bad_atari_values_are_bad_input(override: str, key: str) -> None:
     cfg = compose_config(["env=Pong", override])
     with pytest.raises(BadInput) as info:
-        validate(cfg)
+        load_config(cfg)
     assert f"config {key}=" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("value", ["true", "false", "auto"])
 def test_fire_reset_accepts_auto_true_false(value: str) -> None:
-    validate(compose_config(["env=Breakout", f"env.atari.fire_reset={value}"]))
+    load_config(compose_config(["env=Breakout", f"env.atari.fire_reset={value}"]))

@@ -61,7 +61,7 @@ def test_breakout_trains_end_to_end_and_leaves_no_process(breakout_run: dict) ->
     assert summary["env_id"] == "ALE/Breakout-v5"
     assert summary["env_steps"] >= STEPS and summary["updates"] > 0, summary
     log = (breakout_run["run_dir"] / "train.log").read_text()
-    assert "frame replay: 8,000 rows in 4 streams, 7,088 bytes per row" in log
+    assert "frame replay: 8,000 rows in 4 streams, 7,096 bytes per row" in log
 
 
 def test_logged_returns_are_whole_raw_games_and_the_learner_ran(breakout_run: dict) -> None:
@@ -83,7 +83,7 @@ def test_checkpoint_holds_a_nature_cnn_and_eval_plays_whole_games(breakout_run: 
     assert state["network"]["name"] == "nature_cnn" and state["obs_shape"] == [4, 84, 84]
     assert state["q_net"]["conv.0.weight"].shape == (32, 4, 8, 8), "the first Nature convolution"
     result = subprocess.run(
-        [sys.executable, "-m", "asyncql_cli.cli", "eval", f"run_dir={run_dir}", "eval.episodes=2",
+        [sys.executable, "-m", "asyncql_cli", "eval", f"run_dir={run_dir}", "eval.episodes=2",
          "checkpoint=last"],
         cwd=breakout_run["cwd"], capture_output=True, text=True, timeout=180,
     )

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncql_cli.bench import run_bench
-from asyncql_cli.config import BadInput
+from asyncql_cli.cli.bench import run_bench
+from asyncql_cli.errors import BadInput
 
 EXPECTED = {
     "env.raw_gymnasium": None,
@@ -116,7 +116,7 @@ def test_bad_arguments_raise_bad_input(argv: list[str]) -> None:
 
 def test_bad_argument_exits_2_with_one_line() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "asyncql_cli.cli", "bench", "--only", "nonsense"],
+        [sys.executable, "-m", "asyncql_cli", "bench", "--only", "nonsense"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import bad_input_line, config_groups, has_gpu, run_cli
 
+TESTS_DIR = Path(__file__).resolve().parent
 BAD_INPUT_TIMEOUT = 30.0  # generous on a loaded 2-core box; a bad input takes a few seconds
 
 
@@ -29,10 +30,17 @@ TRAIN_CASES = [
     ("unknown-env-id", ["env=gym", "env.id=NoSuchEnv-v0"], ["env.id", "NoSuchEnv-v0"]),
     ("continuous-actions", ["env=gym", "env.id=Pendulum-v1"],
      ["Pendulum-v1", "Box action space", "needs a Discrete action space"]),
-    ("discrete-observations", ["env=gym", "env.id=FrozenLake-v1"],
-     ["FrozenLake-v1", "Discrete observation space"]),
+    ("text-observations", ["env=gym", "env.id=broken_envs:TextObservations-v0"],
+     ["TextObservations-v0", "Text observation space"]),
     ("gym-env-without-id", ["env=gym"], ["env.id", "required"]),
-    ("unknown-key", ["algo.nope=1"], ["algo.nope"]),
+    ("unknown-key", ["algo.nope=1"], ["unknown config key algo.nope"]),
+    # typos, with and without Hydra's `+`: one line naming the key meant, never Hydra's "use +" hint
+    ("typo", ["algo.lerning_rate=0.1"], ["unknown config key algo.lerning_rate", "(did you mean algo.lr?)"]),
+    ("typo-with-plus", ["+algo.lerning_rate=0.1"], ["unknown config key algo.lerning_rate", "algo.lr?"]),
+    ("typo-of-a-section", ["algoo.gamma=0.9"], ["unknown config key algoo.gamma", "algo.gamma?"]),
+    ("typo-nested", ["+env.atari.noop=3"], ["unknown config key env.atari.noop", "env.atari.noop_max?"]),
+    ("typo-at-the-top", ["seeed=3"], ["unknown config key seeed", "(did you mean seed?)"]),
+    ("another-tool's-name", ["+algo.learning_rate=3e-4"], ["unknown config key algo.learning_rate", "algo.lr?"]),
     ("wrong-type", ["algo.lr=abc"], ["algo.lr", "abc"]),
     ("gamma-above-1", ["algo.gamma=1.5"], ["algo.gamma=1.5"]),
     ("zero-capacity", ["buffer.capacity=0"], ["buffer.capacity=0"]),
@@ -53,12 +61,13 @@ TRAIN_CASES = [
     ("args", "expected"), [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES]
 )
 def test_train_bad_input(tmp_path: Path, args: list[str], expected: list[str]) -> None:
-    rc, out, err = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}",
-                           cwd=tmp_path, timeout=BAD_INPUT_TIMEOUT)
+    rc, out, err = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                           timeout=BAD_INPUT_TIMEOUT, env={"PYTHONPATH": str(TESTS_DIR)})
     assert "Traceback" not in out + err, err
     line = bad_input_line(err)
     for text in expected:
         assert text in line, f"{text!r} not in {line!r}"
+    assert "To append to your config use" not in line
     assert rc == 2, (rc, err)
     _assert_no_training(tmp_path)
 
@@ -144,3 +153,17 @@ def test_train_cfg_job_prints_config_without_training(tmp_path: Path) -> None:
     assert "hydra:" not in lines  # --cfg job: the job's config only
     assert not (tmp_path / "runs").exists()
     _assert_no_training(tmp_path)
+
+
+def test_training_elsewhere_than_linux_is_one_line_naming_what_runs(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from asyncql_cli.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main.platform, "system", lambda: "Darwin")
+    for verb in ("train", "bench"):
+        with pytest.raises(SystemExit) as exited:
+            cli_main.main([verb])
+        assert exited.value.code == 2
+        line = bad_input_line(capsys.readouterr().err)
+        assert "Linux" in line and "Darwin" in line and "asyncql eval" in line
+    cli_main.check_system("eval")  # evaluation runs anywhere torch and gymnasium do

@@ -1,6 +1,7 @@
-"""The config schema and `validate()`: every shipped option composes and validates, every
-range and cross-field rule raises BadInput naming the key, and Hydra/OmegaConf reject
-unknown keys and wrong types while composing. In-process: no subprocess, no training."""
+"""The config schema and `load_config()`: every shipped option composes and validates into the
+typed `Config`, every range and cross-field rule raises BadInput naming the key, Hydra/OmegaConf
+reject unknown keys and wrong types while composing, and `load_config` refuses the unknown keys
+Hydra's `+` lets through, offering the key meant. In-process: no subprocess, no training."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from asyncql_cli.config import BadInput, validate
+from asyncql_cli.config.loading import load_config
+from asyncql_cli.config.schema import Config, EnvConfig, NetworkConfig
+from asyncql_cli.errors import BadInput
 
 # Overrides an option needs to be complete (env=gym has no id of its own).
 OPTION_NEEDS = {("env", "gym"): ["env.id=CartPole-v1"], ("env", "atari"): ["env.id=ALE/Pong-v5"],
@@ -37,7 +40,7 @@ def test_every_option_of_every_group_composes_and_validates() -> None:
         try:
             cfg = compose_config(overrides)
             assert isinstance(cfg, DictConfig)
-            validate(cfg)
+            load_config(cfg)
         except Exception as exc:  # collect all, so one run names every broken option
             failures.append(f"{' '.join(overrides)}: {type(exc).__name__}: {exc}")
         checked.append(f"{group}={option}")
@@ -47,16 +50,20 @@ def test_every_option_of_every_group_composes_and_validates() -> None:
 
 def test_default_config_validates() -> None:
     cfg = compose_config()
-    validate(cfg)
+    config = load_config(cfg)
     assert cfg.env.id == "CartPole-v1"
     assert cfg.parallelism.name == "local"
+    # the typed schema object, every section a dataclass, holding the composed values
+    assert isinstance(config, Config) and isinstance(config.env, EnvConfig)
+    assert isinstance(config.network, NetworkConfig) and config.network.hidden == list(cfg.network.hidden)
+    assert config.env.id == "CartPole-v1" and config.algo.lr == cfg.algo.lr and config.env.atari is None
 
 
 def _env_file_values(option: str) -> dict:
     """The dotted keys an env file sets outside `env:` (its tuned network/buffer/algo values)."""
     import yaml
 
-    from asyncql_cli.cli import config_dir
+    from asyncql_cli.cli.hydra_app import config_dir
 
     data = yaml.safe_load((Path(config_dir()) / "env" / f"{option}.yaml").read_text()) or {}
     flat: dict = {}
@@ -94,12 +101,12 @@ def test_parallelism_option_name_matches_file(option: str) -> None:
 def test_gym_env_without_id_fails_validation_naming_env_id() -> None:
     cfg = compose_config(["env=gym"])
     with pytest.raises(BadInput, match=r"env\.id"):
-        validate(cfg)
+        load_config(cfg)
 
 
 def test_gym_env_with_user_module_id_validates() -> None:
     cfg = compose_config(["env=gym", "env.id=my_pkg.envs:MyEnv-v0"])
-    validate(cfg)  # the module is imported only when the env is made
+    load_config(cfg)  # the module is imported only when the env is made
     assert cfg.env.id == "my_pkg.envs:MyEnv-v0"
 
 
@@ -191,7 +198,7 @@ BAD_VALUES = [
 def test_validate_rejects_bad_value_naming_the_key(overrides: list[str], key: str) -> None:
     cfg = compose_config(overrides)
     with pytest.raises(BadInput) as info:
-        validate(cfg)
+        load_config(cfg)
     message = str(info.value)
     assert f"config {key}=" in message, message
     assert "\n" not in message
@@ -203,7 +210,7 @@ def test_cuda_learner_without_gpu_is_bad_input(device: str) -> None:
         pytest.skip("a CUDA GPU is present")
     cfg = compose_config([f"parallelism.learner_device={device}"])
     with pytest.raises(BadInput, match=r"parallelism\.learner_device.*no CUDA GPU"):
-        validate(cfg)
+        load_config(cfg)
 
 
 def test_cuda_index_beyond_the_gpus_is_bad_input() -> None:
@@ -211,7 +218,7 @@ def test_cuda_index_beyond_the_gpus_is_bad_input() -> None:
         pytest.skip("needs a CUDA GPU")
     cfg = compose_config(["parallelism.learner_device=cuda:99"])
     with pytest.raises(BadInput, match=r"parallelism\.learner_device"):
-        validate(cfg)
+        load_config(cfg)
 
 
 @pytest.mark.parametrize(
@@ -229,7 +236,7 @@ def test_cuda_index_beyond_the_gpus_is_bad_input() -> None:
     ids=lambda o: " ".join(o),
 )
 def test_validate_accepts_edge_values(overrides: list[str]) -> None:
-    validate(compose_config(overrides))
+    load_config(compose_config(overrides))
 
 
 @pytest.mark.parametrize(
@@ -250,3 +257,27 @@ def test_validate_accepts_edge_values(overrides: list[str]) -> None:
 def test_composing_unknown_key_or_wrong_type_raises(overrides: list[str]) -> None:
     with pytest.raises((HydraException, OmegaConfBaseException)):
         compose_config(overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+algo.lerning_rate=1", "unknown config key algo.lerning_rate (did you mean algo.lr?)"),
+        ("+learning_rate=1", "unknown config key learning_rate (did you mean algo.lr?)"),  # SB3's name
+        ("+buffer_size=1000", "unknown config key buffer_size (did you mean buffer.capacity?)"),
+        ("+nosuchgroup.key=1", "unknown config key nosuchgroup"),
+    ],
+)
+def test_unknown_key_appended_with_plus_is_refused_naming_the_key_meant(override: str, message: str) -> None:
+    """`+key=value` appends a key the schema does not have (composing succeeds); a run would
+    silently ignore it, so load_config refuses it in one line."""
+    cfg = compose_config([override])
+    with pytest.raises(BadInput) as info:
+        load_config(cfg)
+    assert str(info.value) == message
+
+
+def test_env_kwargs_stay_open() -> None:
+    """Whatever the env accepts may go into env.kwargs: no key there is unknown."""
+    config = load_config(compose_config(["+env.kwargs.sutton_barto_reward=true"]))
+    assert config.env.kwargs == {"sutton_barto_reward": True}

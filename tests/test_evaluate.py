@@ -7,13 +7,17 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from asyncql_cli.evaluate import evaluate
-from asyncql_cli.networks import build_network
+from asyncql_cli.algo.networks import build_network
+from asyncql_cli.config.schema import EnvConfig, NetworkConfig
+from asyncql_cli.evaluation.episodes import play_greedy
+from asyncql_cli.evaluation.evaluate import evaluate
+
+CARTPOLE = EnvConfig(id="CartPole-v1")
 
 
 def _net(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_network({"name": "mlp", "hidden": [16], "dueling": False}, (4,), 2)
+    return build_network(NetworkConfig(name="mlp", hidden=[16], dueling=False), (4,), 2)
 
 
 def _one_episode(net: torch.nn.Module, seed: int) -> tuple[float, int]:
@@ -34,7 +38,21 @@ def test_each_episode_is_the_greedy_episode_of_its_seed_whatever_the_lockstep_ch
     net, seed = _net(3), 500
     expected = [_one_episode(net, seed + k) for k in range(12)]
     assert len({length for _, length in expected}) > 1, "episodes of different lengths"
-    for chunk in (1, 5, 12, 100):
-        result = evaluate(net, "CartPole-v1", {}, None, 12, seed, chunk=chunk)
-        assert list(zip(result.returns, result.lengths)) == expected, chunk
+    for chunk in (1, 5, 12, 100):  # evaluate()'s episodes are played by play_greedy, `lockstep` at a time
+        returns, lengths = play_greedy(net, CARTPOLE, range(seed, seed + 12), lockstep=chunk)
+        assert list(zip(returns, lengths)) == expected, chunk
+    result = evaluate(net, CARTPOLE, 12, seed)
+    assert list(zip(result.returns, result.lengths)) == expected
     assert np.isclose(result.mean, np.mean([r for r, _ in expected]))
+
+
+def test_evaluate_caps_episodes_and_calls_on_step_after_every_reset_and_step() -> None:
+    net, seed = _net(3), 500
+    full = evaluate(net, CARTPOLE, 3, seed)
+    capped = evaluate(net, CARTPOLE, 3, seed, max_episode_steps=5)
+    assert capped.lengths == [min(5, n) for n in full.lengths] == [5, 5, 5]  # CartPole pays 1 a step:
+    assert capped.returns == [5.0, 5.0, 5.0]
+    calls: list[int] = []
+    result = evaluate(net, CARTPOLE, 3, seed, on_step=lambda episode, _env: calls.append(episode) is None)
+    assert result.returns == full.returns
+    assert sorted(calls) == sorted(k for k, n in enumerate(full.lengths) for _ in range(n + 1))

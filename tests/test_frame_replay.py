@@ -18,12 +18,15 @@ import torch.multiprocessing as mp
 from frame_envs import STACK, TIME_LIMIT, episode_length, frame_writer, make_actor, reward_of
 from test_nstep import reference_transitions, run_recorded
 
-from asyncql_cli.atari import atari_settings
 from asyncql_cli.checkpoint import load_replay_into, save_replay
-from asyncql_cli.config import BadInput
-from asyncql_cli.frame_replay import FrameStorage, frame_replay_bytes
-from asyncql_cli.priority import PrioritizedSampler
-from asyncql_cli.replay import ReplayStorage, UniformSampler
+from asyncql_cli.config.schema import AtariConfig
+from asyncql_cli.errors import BadInput
+from asyncql_cli.replay.frames import FrameStorage, episode_id
+from asyncql_cli.replay.prioritized import PrioritizedSampler
+from asyncql_cli.replay.transitions import ReplayStorage
+from asyncql_cli.replay.uniform import UniformSampler
+
+JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 GAMMA = 0.9
 OBS_SHAPE = frame_envs.OBS_SHAPE
@@ -59,13 +62,13 @@ def check_transition(obs: np.ndarray, action: int, ret: float, next_obs: np.ndar
 
 def test_replay_of_a_million_atari_transitions_fits_in_1_1_frames_each():
     frame = 84 * 84
-    per_row = frame_replay_bytes(1_000_000, (84, 84)) / 1_000_000
+    per_row = FrameStorage.bytes_needed(1_000_000, (84, 84)) / 1_000_000
     assert per_row <= 1.1 * frame
     storage = FrameStorage(10_000, 4, 64, (4, 84, 84), n_step=3)  # what is really allocated
     held = sum(t.numel() * t.element_size() for t in (
         storage.frame, storage.action, storage.reward, storage.discount, storage.bootstrap,
-        storage.episode_step, storage.priority))
-    assert held == frame_replay_bytes(10_000, (84, 84))
+        storage.episode_step, storage.episode, storage.priority))
+    assert held == FrameStorage.bytes_needed(10_000, (84, 84))
 
 
 def record_actor(settings, storage: FrameStorage, steps: int) -> list[dict]:
@@ -78,12 +81,16 @@ def compare_with_recording(storage: FrameStorage, steps: list[dict], envs: int, 
     expected = reference_transitions(steps, n_step, GAMMA)
     for e in range(envs):
         want = sorted((row for row in expected if row[1] == e), key=lambda row: row[2])
-        count = int(storage.cursors[e])
+        count = storage.cursor(e)
         slots = torch.arange(e * storage.segment_size, e * storage.segment_size + count)
         finals = int((storage.action[slots] < 0).sum())
         ends = sum(int(s["terminated"][e] or s["truncated"][e]) for s in steps)
         assert finals == ends, "one final row per finished episode"
         assert count == len(want) + ends, "one row per transition plus the final rows: no frame stored twice"
+        # every row carries its episode's id: this stream's, counting the episodes before it
+        final = (storage.action[slots] < 0).long()
+        episodes_before = (final.cumsum(0) - final).tolist()
+        assert storage.episode[slots].tolist() == [episode_id(0, e, n) for n in episodes_before]
         usable = slots[~torch.from_numpy(storage.unusable(slots))]
         # rows whose s_{t+k} frame is not written yet (the unfinished episode's last ones) wait
         assert len(want) - n_step <= usable.numel() <= len(want)
@@ -105,7 +112,7 @@ def test_rebuilt_transitions_equal_what_the_vector_env_returned(n_step):
     assert sum(int(s["terminated"].sum()) for s in steps) > 0 and sum(int(s["truncated"].sum()) for s in steps) > 0
     compare_with_recording(storage, steps, envs, n_step)
     for e in range(envs):  # and each rebuilt transition also obeys the env's own rules
-        slots = torch.arange(e * storage.segment_size, e * storage.segment_size + int(storage.cursors[e]))
+        slots = torch.arange(e * storage.segment_size, e * storage.segment_size + storage.cursor(e))
         usable = slots[~torch.from_numpy(storage.unusable(slots))]
         rows = storage.gather(usable)
         for i in range(usable.numel()):
@@ -116,7 +123,7 @@ def test_rebuilt_transitions_equal_what_the_vector_env_returned(n_step):
 def test_breakout_frames_rebuilt_from_the_replay_equal_the_frames_the_env_produced():
     """The real Atari chain (episodic life, so a boundary at every lost life; fire on reset)."""
     envs, n_step = 2, 3
-    atari = atari_settings({"noop_max": 0})
+    atari = AtariConfig(noop_max=0)
     storage = FrameStorage(envs * 2048, envs, 8, (4, 84, 84), n_step)
     settings = frame_envs.actor_settings(0, 1, envs, n_step, GAMMA, env_id="ALE/Breakout-v5", atari=atari,
                                          num_actions=4)
@@ -141,7 +148,7 @@ def test_uniform_sampler_draws_only_whole_transitions_after_wrap_around():
     n_step = 3
     storage = FrameStorage(2 * 2 * 64, 4, 8, OBS_SHAPE, n_step)  # 64 rows per stream: wraps many times
     fill(storage, 2, 2, n_step, 400)
-    assert int(storage.cursors.min()) > 4 * storage.segment_size
+    assert int(storage.committed().min()) > 4 * storage.segment_size
     sampler = UniformSampler(storage, seed=0)
     seen = set()
     for _ in range(50):
@@ -152,7 +159,7 @@ def test_uniform_sampler_draws_only_whole_transitions_after_wrap_around():
                              batch.next_obs[i].numpy(), float(batch.discount[i]), n_step)
         seen.update(batch.index.tolist())
     # and the window is the whole sampleable ring, not a corner of it
-    window = int(sampler._window(storage.cursors.numpy()).sum())
+    window = int(sampler._window(storage.committed()).sum())
     assert len(seen) > 0.8 * window
 
 
@@ -184,6 +191,7 @@ def test_prioritized_sampler_on_frames_follows_priorities_and_skips_final_rows()
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 def test_concurrent_actor_processes_never_yield_a_torn_or_mixed_transition():
     n_step, num_actors, envs = 3, 2, 2
     storage = FrameStorage(num_actors * envs * 64, num_actors * envs, 8, OBS_SHAPE, n_step)
@@ -196,7 +204,8 @@ def test_concurrent_actor_processes_never_yield_a_torn_or_mixed_transition():
     try:
         sampler = UniformSampler(storage, seed=3)
         more_batches, checked = 200, 0
-        while int(storage.cursors.min()) < 4 * storage.segment_size:  # until every ring has lapped often
+        while int(storage.committed().min()) < 4 * storage.segment_size:  # until every ring has lapped often
+            assert all(proc.is_alive() for proc in writers), "a writer died"
             time.sleep(0.002)  # leave the writers most of the CPU
             batch = sampler.sample(16)
             if batch is None:
@@ -215,8 +224,8 @@ def test_concurrent_actor_processes_never_yield_a_torn_or_mixed_transition():
     finally:
         stop.set()
         for proc in writers:
-            proc.join(timeout=10)
-    assert all(proc.exitcode == 0 for proc in writers)
+            proc.join(timeout=JOIN_SECONDS)
+    assert all(proc.exitcode == 0 for proc in writers), [proc.exitcode for proc in writers]
 
 
 def test_rows_left_by_an_actor_that_died_mid_episode_are_never_sampled():
@@ -227,13 +236,13 @@ def test_rows_left_by_an_actor_that_died_mid_episode_are_never_sampled():
         first.step()
     first.flush()
     first.close()
-    cut = int(storage.cursors[0])
+    cut = storage.cursor(0)
     restarted = make_actor(actor_settings(0, 1, 1, n_step), storage)  # a restart: a new episode
     for _ in range(40):
         restarted.step()
     restarted.flush()
     restarted.close()
-    slots = torch.arange(int(storage.cursors[0]))
+    slots = torch.arange(storage.cursor(0))
     bad = storage.unusable(slots)
     orphans = [i for i in range(cut) if int(storage.action[i]) >= 0 and bad[i]]
     assert orphans, "the cut episode's last rows have no s_{t+k} of their episode"
@@ -256,13 +265,16 @@ def test_saved_frame_replay_refills_a_new_storage_with_the_same_transitions(tmp_
     restored = FrameStorage(2 * 2 * 128, 4, 8, OBS_SHAPE, n_step)
     assert load_replay_into(restored, path) == saved
     for segment in range(4):
-        old = torch.arange(int(storage.cursors[segment]) - storage.segment_size, int(storage.cursors[segment]))
+        old = torch.arange(storage.cursor(segment) - storage.segment_size, storage.cursor(segment))
         old_slots = segment * storage.segment_size + old % storage.segment_size
         new_slots = segment * restored.segment_size + torch.arange(storage.segment_size)
         keep = ~torch.from_numpy(storage.unusable(old_slots))
         assert keep.sum() > storage.segment_size // 2
+        np.testing.assert_array_equal(restored.unusable(new_slots), ~keep.numpy())
         before, after = storage.gather(old_slots[keep]), restored.gather(new_slots[keep])
         for name in before:
             assert torch.equal(before[name], after[name]), name
+        for name in storage.columns:  # the episode ids and steps too: the restored rows check alike
+            assert torch.equal(getattr(storage, name)[old_slots], getattr(restored, name)[new_slots]), name
     with pytest.raises(BadInput, match="another kind of replay"):
         load_replay_into(ReplayStorage(64, 1, 8, (4,)), path)

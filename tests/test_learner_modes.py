@@ -129,16 +129,17 @@ def test_mnih_final_epsilons_are_drawn_per_process_and_annealed() -> None:
 
     import numpy as np
 
-    from asyncql_cli.actor import Actor, ActorSettings, ExplorationSettings, draw_final_epsilon
-    from asyncql_cli.process import Counters
+    from asyncql_cli.algo.exploration import draw_final_epsilon
+    from asyncql_cli.config.schema import ActorConfig, EnvConfig, ExplorationConfig, NetworkConfig
+    from asyncql_cli.envs.make import EnvSpec
+    from asyncql_cli.shm.counters import Counters
+    from asyncql_cli.workers.actor import Actor, ActorSettings
 
-    exploration = ExplorationSettings(schedule="mnih2016", apex_base=0.4, apex_alpha=7.0, linear_start=1.0,
-                                      linear_end=0.05, linear_steps=1000)
+    exploration = ExplorationConfig(schedule="mnih2016", linear_start=1.0, linear_end=0.05, linear_steps=1000)
     base = ActorSettings(
-        actor_id=0, num_actors=1, envs_per_actor=1, env_id="CartPole-v1", env_kwargs={}, max_episode_steps=None,
-        obs_shape=(4,), num_actions=2, network={"name": "mlp", "hidden": [8], "dueling": False}, gamma=0.99,
-        n_step=1, write_batch=8, weight_sync_steps=100, exploration=exploration, seed=0, replay_ratio=1.0,
-        learning_starts=0, max_update_debt=None,
+        actor_id=0, num_actors=1, envs_per_actor=1, env=EnvSpec(EnvConfig(id="CartPole-v1"), (4,), "float32", 2),
+        network=NetworkConfig(hidden=[8]), exploration=exploration, acting=ActorConfig(write_batch=8),
+        gamma=0.99, n_step=1, seed=0, replay_ratio=1.0, learning_starts=0,
     )
     draws = [draw_final_epsilon(np.random.default_rng(seed), (0.1, 0.01, 0.5), (0.4, 0.3, 0.3))
              for seed in range(4000)]
@@ -148,9 +149,9 @@ def test_mnih_final_epsilons_are_drawn_per_process_and_annealed() -> None:
     actor = Actor(base, None, None, counters, queue.SimpleQueue())
     assert actor.final_eps in (0.1, 0.01, 0.5)
     assert actor.epsilons()[0] == pytest.approx(1.0)  # no env steps yet: linear_start
-    counters.env_steps[0] = 500
+    counters.set_env_steps(0, 500)
     assert actor.epsilons()[0] == pytest.approx((1.0 + actor.final_eps) / 2)
-    counters.env_steps[0] = 5000
+    counters.set_env_steps(0, 5000)
     assert actor.epsilons()[0] == pytest.approx(actor.final_eps)
 
 
@@ -159,7 +160,7 @@ def test_resume_of_shared_learners(tmp_path: Path) -> None:
                       "train.total_env_steps=3000", expect_roles={"learner-0", "learner-1"})
     before = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     resumed = subprocess.run(
-        [sys.executable, "-m", "asyncql_cli.cli", "train",
+        [sys.executable, "-m", "asyncql_cli", "train",
          f"resume={run_dir}", "train.total_env_steps=5000"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )

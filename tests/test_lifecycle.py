@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,22 +17,23 @@ from proc_utils import start_train, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from asyncql_cli.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from asyncql_cli.config import BadInput
+from asyncql_cli.config.schema import NetworkConfig
+from asyncql_cli.errors import BadInput
 
 FAST = ["parallelism.num_actors=2", "parallelism.envs_per_actor=4", "train.progress=plain",
         "eval.interval_seconds=2", "checkpoint.interval_seconds=2"]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asyncql_cli.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "asyncql_cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=240)
 
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_in_place_and_continues_its_curves(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    # episodes capped at 200 steps: a policy that learned balances for the whole resumed stretch
-    # (about 400 steps of each of the 8 envs), and the curves must still have episodes to show
+    # episodes capped at 200 steps: a policy that learned balances for whole episodes, and the
+    # resumed stretch must still have episodes to show
     proc = start_train([*FAST, "train.total_env_steps=16000", "checkpoint.save_replay=true",
                         "env.max_episode_steps=200", f"hydra.run.dir={run_dir}"], tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
@@ -42,12 +44,13 @@ def test_interrupted_run_resumes_in_place_and_continues_its_curves(tmp_path: Pat
     stopped = torch.load(last, weights_only=True)
     assert 0 < stopped["env_steps"] < 16000
 
-    resumed = _cli("train", f"resume={run_dir}", cwd=tmp_path)
+    # a stretch of 8000 more env steps, however far the first part got before the signal
+    budget = stopped["env_steps"] + 8000
+    resumed = _cli("train", f"resume={run_dir}", f"train.total_env_steps={budget}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["generation"] == 1 and summary["exit_reason"] == "budget"
-    assert 16000 <= summary["env_steps"] < 16000 + 2000  # counts from the original start
-    assert summary["env_steps"] - stopped["env_steps"] < 16000  # did not start over
+    assert budget <= summary["env_steps"] < budget + 2000  # counts from the original start, did not start over
     final = torch.load(last, weights_only=True)
     assert final["updates"] > stopped["updates"] and final["generation"] == 1
     log = (run_dir / "train.log").read_text()
@@ -89,19 +92,24 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path: Path, monkeypa
     assert not marker.exists()
 
 
+def _checkpoint(**extra: Any) -> dict[str, Any]:
+    """The least a checkpoint holds (an Acrobot MLP of one hidden layer, from before layer_norm)."""
+    return {"env_id": "Acrobot-v1", "obs_shape": [6], "num_actions": 3,
+            "network": {"hidden": [64], "dueling": False}, "q_net": {"w": torch.zeros(2)}, **extra}
+
+
 def test_foreign_and_broken_checkpoints_are_named(tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
-    save_checkpoint(path, {"env_id": "Acrobot-v1", "obs_shape": [6], "num_actions": 3,
-                           "network": {"hidden": [64], "dueling": False}})
+    save_checkpoint(path, _checkpoint())
     state = load_checkpoint(path)
     with pytest.raises(BadInput, match="env id 'Acrobot-v1'"):
-        check_compatible(state, path, "CartPole-v1", (4,), 2, {"hidden": [64], "dueling": False})
+        check_compatible(state, path, "CartPole-v1", (4,), 2, NetworkConfig(hidden=[64]))
     with pytest.raises(BadInput, match="network.hidden"):
-        check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [256], "dueling": False})
+        check_compatible(state, path, "Acrobot-v1", (6,), 3, NetworkConfig(hidden=[256]))
     # a checkpoint from before network.layer_norm existed is a plain network; a LayerNorm run refuses it
-    check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [64], "dueling": False, "layer_norm": False})
+    check_compatible(state, path, "Acrobot-v1", (6,), 3, NetworkConfig(hidden=[64], layer_norm=False))
     with pytest.raises(BadInput, match="network.layer_norm False"):
-        check_compatible(state, path, "Acrobot-v1", (6,), 3, {"hidden": [64], "dueling": False, "layer_norm": True})
+        check_compatible(state, path, "Acrobot-v1", (6,), 3, NetworkConfig(hidden=[64], layer_norm=True))
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(BadInput, match="not an asyncql checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
@@ -114,14 +122,14 @@ def test_foreign_and_broken_checkpoints_are_named(tmp_path: Path) -> None:
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"updates": 1})
+    save_checkpoint(path, _checkpoint(updates=1))
 
     class Boom:
         def __reduce__(self):
             raise KeyboardInterrupt  # the writer dies in the middle of serialising
 
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"updates": 2, "bad": Boom()})
+        save_checkpoint(path, _checkpoint(updates=2, bad=Boom()))
     assert load_checkpoint(path)["updates"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 

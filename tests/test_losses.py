@@ -9,11 +9,21 @@ For x = 1 the online net prefers action 1 while the target net's maximum is acti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
 
-from asyncql_cli.losses import td_loss, td_target, update_target
+from asyncql_cli.algo.losses import td_loss, td_target, update_target
+from asyncql_cli.compat import use_private
+
+
+@pytest.fixture(params=[True, False], ids=["private-apis", "public-apis"])
+def private_apis(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Target updates on torch's private fast paths (asyncql_cli.compat) and on their public fallbacks."""
+    with use_private(request.param):
+        yield request.param
 
 
 def linear(weights: list[float], biases: list[float]) -> nn.Linear:
@@ -123,7 +133,7 @@ def test_double_dqn_loss_uses_the_double_targets():
     assert out.td_error.tolist() == pytest.approx([y - v for y, v in zip(DOUBLE_Y, q)], rel=1e-5)
 
 
-def test_hard_target_update_copies_the_online_weights():
+def test_hard_target_update_copies_the_online_weights(private_apis):
     q_net, target_net = nets()
     update_target(q_net, target_net, tau=1.0)
     assert target_net.weight[:, 0].tolist() == [1.0, 2.0]
@@ -140,7 +150,7 @@ def test_hard_target_update_copies_the_online_weights():
         (0.25, [3 + 0.25 * (1 - 3), 1 + 0.25 * (2 - 1)], [0.0, -0.125]),
     ],
 )
-def test_polyak_target_update(tau, weight, bias):
+def test_polyak_target_update(tau, weight, bias, private_apis):
     q_net, target_net = nets()
     update_target(q_net, target_net, tau=tau)
     assert target_net.weight[:, 0].tolist() == weight

@@ -1,18 +1,30 @@
 """Q-networks (mlp, nature_cnn) against their definitions, and the learner's gradient
-clipping against torch's reference version."""
+clipping against torch's reference version (on both the private and the public torch APIs)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
 
-from asyncql_cli.config import BadInput
-from asyncql_cli.learner import clip_gradients
-from asyncql_cli.networks import NatureCNN, build_network, min_image_size, num_parameters
-from asyncql_cli.params import ParameterStore
+from asyncql_cli.algo.networks import NatureCNN, build_network, min_image_size, num_parameters
+from asyncql_cli.algo.update import clip_gradients
+from asyncql_cli.compat import use_private
+from asyncql_cli.config.schema import NetworkConfig
+from asyncql_cli.errors import BadInput
+from asyncql_cli.shm.params import ParameterStore
 
 ATARI = (4, 84, 84)
-CNN = {"name": "nature_cnn", "hidden": [512], "dueling": False}
+CNN = NetworkConfig(name="nature_cnn", hidden=[512], dueling=False)
+
+
+@pytest.fixture(params=[True, False], ids=["private-apis", "public-apis"])
+def private_apis(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Run the test on torch's private fast paths (asyncql_cli.compat) and on their public fallbacks."""
+    with use_private(request.param):
+        yield request.param
 
 
 def _through_modules(net: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
@@ -28,7 +40,7 @@ def test_forward_equals_the_module_graph(dueling: bool, layer_norm: bool) -> Non
     """forward calls the torso's layers directly; it must equal running the modules, also
     after new weights are loaded (load_state_dict copies into the same parameters)."""
     torch.manual_seed(0)
-    net = build_network({"hidden": [32, 16], "dueling": dueling, "layer_norm": layer_norm}, (5,), 3)
+    net = build_network(NetworkConfig(hidden=[32, 16], dueling=dueling, layer_norm=layer_norm), (5,), 3)
     norms = [m for m in net.torso if isinstance(m, torch.nn.LayerNorm)]
     assert len(norms) == (2 if layer_norm else 0)
     obs = torch.randn(7, 5)
@@ -44,7 +56,7 @@ def test_forward_equals_the_module_graph(dueling: bool, layer_norm: bool) -> Non
 
 
 @pytest.mark.parametrize("max_norm", [0.5, 1e6, None])
-def test_clip_gradients_matches_clip_grad_norm(max_norm: float | None) -> None:
+def test_clip_gradients_matches_clip_grad_norm(max_norm: float | None, private_apis: bool) -> None:
     torch.manual_seed(1)
     grads = [torch.randn(4, 3) * 3, torch.randn(5)]
     reference = [g.clone().requires_grad_(False) for g in grads]
@@ -68,7 +80,7 @@ def _cnn_through_modules(net: NatureCNN, pixels: torch.Tensor) -> tuple[torch.Te
 
 def test_mlp_parameter_names_are_unchanged() -> None:
     """Checkpoints of mlp runs load by these names."""
-    net = build_network({"name": "mlp", "hidden": [8, 8], "dueling": True}, (3,), 2)
+    net = build_network(NetworkConfig(name="mlp", hidden=[8, 8], dueling=True), (3,), 2)
     assert [name for name, _ in net.named_parameters()] == [
         "torso.0.weight", "torso.0.bias", "torso.2.weight", "torso.2.bias",
         "advantage.weight", "advantage.bias", "value.weight", "value.bias",
@@ -100,7 +112,7 @@ def test_nature_cnn_scales_pixels_to_the_unit_interval() -> None:
 
 def test_nature_cnn_dueling_head_removes_the_mean_advantage() -> None:
     torch.manual_seed(2)
-    net = build_network({**CNN, "dueling": True}, ATARI, 5)
+    net = build_network(replace(CNN, dueling=True), ATARI, 5)
     frames = torch.randint(0, 256, (4, *ATARI), dtype=torch.uint8)
     q = net(frames)
     advantage, value = _cnn_through_modules(net, frames.float() / 255)
@@ -111,12 +123,14 @@ def test_nature_cnn_dueling_head_removes_the_mean_advantage() -> None:
 def test_nature_cnn_weights_publish_in_a_fixed_order() -> None:
     """Two processes build the same layout: a flat copy of one's weights loads into the other."""
     torch.manual_seed(3)
-    learner_net = build_network({**CNN, "dueling": True}, ATARI, 3)
-    actor_net = build_network({**CNN, "dueling": True}, ATARI, 3)
+    learner_net = build_network(replace(CNN, dueling=True), ATARI, 3)
+    actor_net = build_network(replace(CNN, dueling=True), ATARI, 3)
     assert [n for n, _ in learner_net.named_parameters()] == [n for n, _ in actor_net.named_parameters()]
     store = ParameterStore(num_parameters(learner_net))
     store.publish(learner_net, 7)
+    storage = [p.data_ptr() for p in actor_net.parameters()]
     assert store.read_into(actor_net) == 7
+    assert [p.data_ptr() for p in actor_net.parameters()] == storage  # copied in place
     frames = torch.randint(0, 256, (2, *ATARI), dtype=torch.uint8)
     assert torch.equal(actor_net(frames), learner_net(frames))
 
@@ -124,10 +138,10 @@ def test_nature_cnn_weights_publish_in_a_fixed_order() -> None:
 @pytest.mark.parametrize(("network", "shape", "match"), [
     (CNN, (4,), "nature_cnn takes"),
     (CNN, (4, 30, 84), "at least 36x36"),
-    ({"name": "mlp", "hidden": [8], "dueling": False}, ATARI, "mlp takes flat"),
-    ({"name": "resnet", "hidden": [8], "dueling": False}, (4,), "network.name"),
+    (NetworkConfig(name="mlp", hidden=[8], dueling=False), ATARI, "mlp takes flat"),
+    (NetworkConfig(name="resnet", hidden=[8], dueling=False), (4,), "network.name"),
 ])
-def test_build_network_rejects_what_it_cannot_take(network: dict, shape: tuple, match: str) -> None:
+def test_build_network_rejects_what_it_cannot_take(network: NetworkConfig, shape: tuple, match: str) -> None:
     with pytest.raises(BadInput, match=match):
         build_network(network, shape, 2)
 

@@ -10,18 +10,15 @@ import queue
 import numpy as np
 import pytest
 
-from asyncql_cli.actor import (
-    Actor,
-    ActorSettings,
-    ExplorationSettings,
-    NStepAccumulator,
-    apex_epsilons,
-    linear_epsilon,
-)
-from asyncql_cli.networks import build_network, num_parameters
-from asyncql_cli.params import ParameterStore
-from asyncql_cli.process import Counters
-from asyncql_cli.replay import ReplayStorage
+from asyncql_cli.algo.exploration import apex_epsilons, linear_epsilon
+from asyncql_cli.algo.networks import build_network, num_parameters
+from asyncql_cli.algo.nstep import NStepAccumulator
+from asyncql_cli.config.schema import ActorConfig, EnvConfig, ExplorationConfig, NetworkConfig
+from asyncql_cli.envs.make import EnvSpec
+from asyncql_cli.replay.transitions import ReplayStorage
+from asyncql_cli.shm.counters import Counters
+from asyncql_cli.shm.params import ParameterStore
+from asyncql_cli.workers.actor import Actor, ActorSettings
 
 GAMMA = 0.9
 
@@ -229,18 +226,20 @@ def cartpole_out_of_bounds(state: np.ndarray) -> bool:
 
 
 def run_actor(n_step: int, actor_steps: int, envs: int = 3, max_episode_steps: int = 20):
-    network = {"hidden": [8], "dueling": False}
+    network = NetworkConfig(name="mlp", hidden=[8], dueling=False)
+    env = EnvSpec(env=EnvConfig(id="CartPole-v1", kwargs={}, max_episode_steps=max_episode_steps),
+                  obs_shape=(4,), obs_dtype="float32", num_actions=2)
     settings = ActorSettings(
-        actor_id=0, num_actors=1, envs_per_actor=envs, env_id="CartPole-v1", env_kwargs={},
-        max_episode_steps=max_episode_steps, obs_shape=(4,), num_actions=2, network=network, gamma=GAMMA,
-        n_step=n_step, write_batch=16, weight_sync_steps=100,
-        exploration=ExplorationSettings("apex", 0.4, 7.0, 1.0, 0.01, 1000), seed=123,
-        replay_ratio=1.0, learning_starts=0, max_update_debt=None,
+        actor_id=0, num_actors=1, envs_per_actor=envs, env=env, network=network,
+        exploration=ExplorationConfig(schedule="apex", apex_base=0.4, apex_alpha=7.0, linear_start=1.0,
+                                      linear_end=0.01, linear_steps=1000),
+        acting=ActorConfig(write_batch=16, weight_sync_steps=100, max_update_debt=None),
+        gamma=GAMMA, n_step=n_step, seed=123, replay_ratio=1.0, learning_starts=0, max_update_debt=None,
     )
-    storage = ReplayStorage(4096, 1, settings.write_batch, (4,))
+    storage = ReplayStorage(4096, 1, settings.acting.write_batch, (4,))
     params = ParameterStore(num_parameters(build_network(network, (4,), 2)))  # never published: random actions
     steps = run_recorded(Actor(settings, storage, params, Counters(1), queue.SimpleQueue()), actor_steps)
-    count = int(storage.cursors[0])
+    count = storage.cursor(0)
     assert count < storage.capacity
     fields = ("obs", "action", "reward", "next_obs", "discount")
     rows = {name: getattr(storage, name)[:count].clone() for name in fields}

@@ -1,14 +1,23 @@
-"""The learners' Adam: the same updates and checkpoint format as torch.optim.Adam(fused=True)."""
+"""The learners' Adam: the same updates and checkpoint format as torch.optim.Adam(fused=True),
+on torch's private fused kernel and on its public fallback (asyncql_cli.compat)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from asyncql_cli.networks import QNetwork
-from asyncql_cli.optim import Adam
+from asyncql_cli.algo.networks import QNetwork
+from asyncql_cli.algo.optim import Adam
+from asyncql_cli.compat import use_private
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["private-apis", "public-apis"])
+def private_apis(request: pytest.FixtureRequest) -> Iterator[bool]:
+    with use_private(request.param):
+        yield request.param
 
 
 def _net(seed: int = 0) -> QNetwork:

@@ -36,12 +36,12 @@ def test_installed_copy_composes_from_its_own_conf(wheel: Path, tmp_path: Path) 
                    check=True, capture_output=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(target)}
     located = subprocess.run(
-        [sys.executable, "-c", "from asyncql_cli.cli import config_dir; print(config_dir())"],
+        [sys.executable, "-c", "from asyncql_cli.cli.hydra_app import config_dir; print(config_dir())"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert Path(located) == target / "asyncql_cli" / "conf"
     shown = subprocess.run(
-        [sys.executable, "-m", "asyncql_cli.cli", "train", "--cfg", "job", "env=gym", "env.id=Acrobot-v1"],
+        [sys.executable, "-m", "asyncql_cli", "train", "--cfg", "job", "env=gym", "env.id=Acrobot-v1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert shown.returncode == 0, shown.stderr

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from asyncql_cli.priority import PrioritizedSampler, SumTree
-from asyncql_cli.replay import ReplayStorage
+from asyncql_cli.replay.prioritized import PrioritizedSampler, SumTree
+from asyncql_cli.replay.transitions import ReplayStorage
+
+JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 
 def _rows(ids: np.ndarray, priority: np.ndarray) -> dict[str, torch.Tensor]:
@@ -73,13 +75,17 @@ def test_priority_updates_change_the_distribution() -> None:
     storage.write(0, _rows(np.arange(4), np.ones(4)))
     sampler = PrioritizedSampler(storage, seed=0, alpha=1.0, priority_eps=0.0)
     batch = sampler.sample(8, beta=0.4)
-    logical = sampler.logical_of(batch.index)
+    logical = batch.logical  # each row's logical position when drawn (row id i is at position i)
+    assert logical.tolist() == batch.reward.long().tolist()
     td = torch.where(batch.reward == 3, 100.0, 0.0)  # only row id 3 keeps a priority
     sampler.update_priorities(batch.index, td, logical)
     if not (batch.reward == 3).any():  # row 3 unsampled: it keeps priority 1, others 0
         sampler.update_priorities(batch.index, torch.zeros(8), logical)
     again = sampler.sample(32, beta=0.4)
     assert set(again.reward.tolist()) == {3.0}
+    state = sampler.state()  # what a replay snapshot keeps of the learned priorities
+    assert state["slot_logical"][:4].tolist() == [0, 1, 2, 3]
+    assert state["raw_priority"][:3].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_rows_a_writer_may_overwrite_are_never_sampled() -> None:
@@ -92,3 +98,121 @@ def test_rows_a_writer_may_overwrite_are_never_sampled() -> None:
         seen |= set(sampler.sample(16, beta=0.4).reward.long().tolist())
     # the next write (ids 10, 11) lands on the slots of ids 2 and 3: those are excluded
     assert seen == set(range(4, 10))
+
+
+def test_rows_a_write_reaches_while_gathering_are_redrawn() -> None:
+    """A write committed between the draw and the re-read of the cursors may have reached the
+    oldest drawn rows: they are drawn again, and each row's logical position is the drawn one."""
+    segment_size, margin = 16, 4
+    storage = ReplayStorage(capacity=segment_size, num_segments=1, write_batch=margin, obs_shape=(3,))
+    storage.write(0, _rows(np.arange(16), np.ones(16)))  # logical positions 0..15 (row id = position)
+    sampler = PrioritizedSampler(storage, seed=0, alpha=1.0, priority_eps=0.0)
+    original = storage.gather
+    calls = []
+
+    def gather_during_a_write(slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not calls:  # positions 16..23 land on the slots of positions 0..7
+            storage.write(0, _rows(np.arange(16, 24), np.full(8, 3.0)))
+        calls.append(len(slots))
+        return original(slots)
+
+    storage.gather = gather_during_a_write
+    batch = sampler.sample(64, beta=0.4)
+    assert len(calls) >= 2 and sampler.redraws > 0, "the first gather overlapped a write but nothing was redrawn"
+    ids = batch.reward.long()
+    assert torch.equal(batch.obs[:, 0], batch.reward) and torch.equal(batch.action, ids % 5)
+    assert torch.equal(batch.index, ids % segment_size)
+    assert batch.logical.tolist() == ids.tolist()
+    # the next write may reach positions up to 24 + 4 - 16 = 12: only 12..23 are safe
+    assert set(ids.tolist()) <= set(range(12, 24))
+    assert (batch.weight > 0).all() and float(batch.weight.max()) == 1.0
+
+
+def test_a_writer_moving_on_between_rounds_leaves_every_weight_finite() -> None:
+    """The interleaving that once turned a batch to NaN: rows kept from the first round lie in the
+    window the writer moves into before the second round's ingest, so the tree now holds 0 for
+    them. Their weights come from the probability they were drawn with: finite, positive."""
+    segment_size, margin = 32, 4
+    storage = ReplayStorage(capacity=segment_size, num_segments=1, write_batch=margin, obs_shape=(3,))
+    storage.write(0, _rows(np.arange(32), np.ones(32)))
+    sampler = PrioritizedSampler(storage, seed=3, alpha=1.0, priority_eps=0.0)
+    original_gather, original_recheck = storage.gather, storage.recheck
+    events: list[str] = []
+
+    def gather(slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not events:  # during the first gather: positions 32..35 (some drawn rows become unsafe)
+            storage.write(0, _rows(np.arange(32, 36), np.ones(4)))
+            events.append("write during gather")
+        return original_gather(slots)
+
+    def recheck() -> np.ndarray:
+        cursors = original_recheck()
+        if len(events) == 1:  # after the first re-read, before the next ingest: positions 36..43
+            storage.write(0, _rows(np.arange(36, 44), np.ones(8)))
+            events.append("write between rounds")
+        return cursors
+
+    storage.gather, storage.recheck = gather, recheck
+    batch = sampler.sample(64, beta=0.7)
+    assert events == ["write during gather", "write between rounds"]
+    ids = batch.reward.long()
+    # kept from the first round and now inside the writer's window (44 + 4 - 32 = 16 > position):
+    in_window = (ids >= 12) & (ids < 16)
+    assert in_window.any(), "no kept row fell into the writer's new window: the interleaving did not happen"
+    assert (sampler.tree.get(batch.index.numpy()[in_window.numpy()]) == 0).all()
+    assert torch.isfinite(batch.weight).all() and (batch.weight > 0).all() and float(batch.weight.max()) == 1.0
+    # and a learner's new priorities do not give those slots back their mass
+    sampler.update_priorities(batch.index, torch.full((64,), 5.0), batch.logical)
+    assert (sampler.tree.get(batch.index.numpy()[in_window.numpy()]) == 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.stress
+def test_concurrent_writers_never_yield_torn_rows_or_nonfinite_weights() -> None:
+    """Two writer processes lap their rings while this process samples with priorities and
+    updates them, as a learner does; the race window must really be hit (redraws > 0)."""
+    import multiprocessing as mp
+    import time
+
+    from replay_workers import assert_rows_whole, continuous_writer, decode_id
+
+    seg_size, write_batch, writers = 64, 8, 2
+    storage = ReplayStorage(seg_size * writers, writers, write_batch, (16,))
+    stop = torch.zeros(1, dtype=torch.int64).share_memory_()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=continuous_writer, args=(storage, w, writers, stop, 20 + w, 2_000_000), daemon=True)
+             for w in range(writers)]
+    sampler = PrioritizedSampler(storage, seed=5, alpha=0.6, priority_eps=1e-6)
+    rng = np.random.default_rng(0)
+    batches = 0
+    try:
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + 240  # a guard against a hang only
+        while (storage.committed() < 4 * seg_size).any():
+            assert all(p.is_alive() for p in procs) and time.monotonic() < deadline, "writers did not start"
+            time.sleep(0.01)
+        while batches < 3000 or sampler.redraws == 0 or (storage.committed() < 100 * seg_size).any():
+            assert all(p.is_alive() for p in procs), "a writer died"
+            assert time.monotonic() < deadline, f"too slow: {batches} batches, {sampler.redraws} redraws"
+            before = storage.committed()
+            batch = sampler.sample(32, beta=0.5)
+            if batch is None:
+                continue
+            after = storage.committed()
+            ids = assert_rows_whole(batch)
+            writer, pos = decode_id(ids, writers)
+            segment = batch.index // seg_size
+            assert (writer == segment).all() and (torch.from_numpy(batch.logical) == pos).all()
+            assert (pos.numpy() < after[segment.numpy()]).all(), "an uncommitted row was sampled"
+            assert (pos.numpy() >= before[segment.numpy()] - (seg_size - write_batch)).all(), "an overwritable row"
+            assert torch.isfinite(batch.weight).all() and (batch.weight > 0).all()
+            sampler.update_priorities(batch.index, torch.as_tensor(rng.exponential(size=32)), batch.logical)
+            batches += 1
+    finally:
+        stop[0] = 1
+        for proc in procs:
+            proc.join(timeout=JOIN_SECONDS)
+            if proc.is_alive():
+                proc.kill()
+    assert sampler.redraws > 0

@@ -25,7 +25,7 @@ def run_marked(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess,
     (marked ones, and the named actors and learners among its descendants: setproctitle
     rewrites the memory /proc/<pid>/environ shows, so their mark cannot be read)."""
     mark = uuid.uuid4().hex
-    proc = subprocess.Popen([sys.executable, "-m", "asyncql_cli.cli", "train", *args], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "asyncql_cli", "train", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "ASYNCQL_TEST_MARK": mark})
     seen: dict[int, str] = {}
@@ -43,7 +43,7 @@ def run_marked(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess,
 # multiprocessing's resource tracker exits by itself once the main process is gone (it reads EOF
 # on the pipe the main process held), a few milliseconds later, more on a loaded machine: a
 # process still there after this grace is one the run failed to end
-EXIT_GRACE_SECONDS = 3.0
+EXIT_GRACE_SECONDS = 60.0  # a wait for the resource tracker to go, not a bound: it returns once it has
 
 
 def survivors(seen: dict[int, str], mark: str) -> dict[int, str]:

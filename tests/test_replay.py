@@ -15,17 +15,19 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from replay_workers import (
-    NUM_ACTIONS,
+    assert_rows_whole,
     continuous_writer,
     decode_id,
-    discount_of,
     half_writer,
     row_id,
     rows_for_ids,
     write_uncommitted,
 )
 
-from asyncql_cli.replay import ReplayStorage, UniformSampler
+from asyncql_cli.replay.transitions import ReplayStorage
+from asyncql_cli.replay.uniform import UniformSampler
+
+JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 OBS_DIM = 3
 
@@ -33,21 +35,6 @@ OBS_DIM = 3
 def write_ids(storage: ReplayStorage, segment: int, ids: list[int], chunk: int) -> None:
     for begin in range(0, len(ids), chunk):
         storage.write(segment, rows_for_ids(torch.tensor(ids[begin:begin + chunk]), storage.obs.shape[1]))
-
-
-def assert_rows_whole(batch) -> torch.Tensor:
-    """Every row equals the row written for its id; returns the ids."""
-    assert torch.isfinite(batch.obs).all() and torch.isfinite(batch.next_obs).all()
-    assert torch.isfinite(batch.reward).all() and torch.isfinite(batch.discount).all()
-    assert (batch.action >= 0).all()
-    ids = batch.reward.to(torch.int64)
-    assert (ids.to(torch.float32) == batch.reward).all(), "reward is not an integer id"
-    assert (ids >= 1).all(), "an unwritten (sentinel) or foreign row came back"
-    assert (batch.obs == batch.reward[:, None]).all(), "obs does not match the row's id"
-    assert (batch.next_obs == batch.reward[:, None] + 0.5).all(), "next_obs does not match the row's id"
-    assert (batch.action == ids % NUM_ACTIONS).all(), "action does not match the row's id"
-    assert (batch.discount == discount_of(ids)).all(), "discount does not match the row's id"
-    return ids
 
 
 def sample_ids(sampler: UniformSampler, batches: int, batch_size: int) -> torch.Tensor:
@@ -82,6 +69,7 @@ def test_one_segment_returns_exactly_the_written_rows():
     batch = sampler.sample(64)
     ids = assert_rows_whole(batch)
     assert (batch.index == ids - 1).all()  # row with id i was the (i-1)-th write, in slot i-1
+    assert (torch.from_numpy(batch.logical) == ids - 1).all()  # and it is at logical position i-1
     seen = set(sample_ids(sampler, 50, 64).tolist())
     assert seen == set(range(1, 11))
 
@@ -90,6 +78,7 @@ def test_one_segment_returns_exactly_the_written_rows():
     batch = sampler.sample(256)
     ids = assert_rows_whole(batch)
     assert (batch.index == (ids - 1) % seg_size).all()
+    assert (torch.from_numpy(batch.logical) == ids - 1).all()
     seen = set(sample_ids(sampler, 100, 64).tolist())
     # Only the newest segment_size - write_batch rows may come back: the write_batch oldest slots
     # of the ring are the ones the next write overwrites.
@@ -105,7 +94,8 @@ def test_several_segments_return_only_their_newest_rows():
         ids = row_id(torch.arange(count), seg, segments).tolist()
         write_ids(storage, seg, ids, chunk=3)
     assert storage.size() == 5 + 16 + 16
-    assert storage.cursors.tolist() == counts
+    assert storage.committed().tolist() == counts
+    assert [storage.cursor(seg) for seg in range(segments)] == counts
 
     expected = set()
     for seg, count in enumerate(counts):
@@ -117,6 +107,7 @@ def test_several_segments_return_only_their_newest_rows():
         ids = assert_rows_whole(batch)
         writer, pos = decode_id(ids, segments)
         assert (batch.index == writer * seg_size + pos % seg_size).all()
+        assert (torch.from_numpy(batch.logical) == pos).all()
         drawn.append(ids)
     assert set(torch.cat(drawn).tolist()) == expected
 
@@ -164,10 +155,13 @@ def test_rows_overwritten_while_gathering_are_redrawn():
         return original(slots)
 
     storage.gather = gather_during_writes
-    batch = UniformSampler(storage, seed=4).sample(256)
+    sampler = UniformSampler(storage, seed=4)
+    batch = sampler.sample(256)
     ids = assert_rows_whole(batch)
     assert len(calls) >= 2, "the first gather overlapped a write but nothing was redrawn"
+    assert sampler.redraws > 0
     assert (batch.index == (ids - 1) % seg_size).all()
+    assert (torch.from_numpy(batch.logical) == ids - 1).all()
     assert set(ids.tolist()) <= set(range(13, 25))  # positions 12..23
 
 
@@ -189,9 +183,12 @@ def test_sampler_keeps_up_with_a_writer_that_laps_it():
         return original(slots)
 
     storage.gather = gather_while_lapped
-    batch = UniformSampler(storage, seed=5).sample(128)
+    sampler = UniformSampler(storage, seed=5)
+    batch = sampler.sample(128)
     ids = assert_rows_whole(batch)
+    assert sampler.redraws >= 128, "every row of the first draw was overwritten: all are drawn again"
     assert (batch.index == (ids - 1) % seg_size).all()
+    assert (torch.from_numpy(batch.logical) == ids - 1).all()
     assert set(ids.tolist()) <= set(range(33 - (seg_size - write_batch), 33))
 
 
@@ -224,6 +221,7 @@ def test_sampling_is_uniform_over_rows_and_segments():
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 def test_concurrent_writers_never_yield_torn_or_uncommitted_rows():
     """Two writers lap a tiny ring hundreds of times while this process samples; one of them is
     SIGKILLed half way, and a third commits some rows, copies a batch without committing it and
@@ -244,13 +242,15 @@ def test_concurrent_writers_never_yield_torn_or_uncommitted_rows():
     try:
         for proc in procs:
             proc.start()
-        deadline = time.monotonic() + 60
-        while (storage.cursors[:2] < 4 * seg_size).any() or procs[2].exitcode is None:
+        # a guard against a hang only (pytest's timeout is 300 s): progress is awaited, not timed
+        deadline = time.monotonic() + 240
+        while (storage.committed()[:2] < 4 * seg_size).any() or procs[2].exitcode is None:
+            assert procs[0].is_alive() and procs[1].is_alive(), "a continuous writer died"
             assert time.monotonic() < deadline, "writers did not start"
             time.sleep(0.01)
         assert procs[2].exitcode == 0
         # The half writer really left a copied but uncommitted batch behind in its ring.
-        assert int(storage.cursors[2]) == committed_rows
+        assert storage.cursor(2) == committed_rows
         tail = 2 * seg_size + torch.arange(committed_rows, committed_rows + uncommitted_rows) % seg_size
         expected_tail = row_id(torch.arange(committed_rows, committed_rows + uncommitted_rows), 2, writers)
         assert (storage.reward[tail] == expected_tail.float()).all()
@@ -258,32 +258,36 @@ def test_concurrent_writers_never_yield_torn_or_uncommitted_rows():
         # Sample `batches` batches, half before and half after writer 1 is killed; go on until
         # both continuous writers have lapped their ring at least `min_laps` times.
         killed_at, killed_batch, i = None, batches, 0
-        while i < killed_batch + batches // 2 or int(storage.cursors[0]) < min_laps * seg_size:
-            assert time.monotonic() < deadline, f"writers too slow: cursors {storage.cursors.tolist()}"
-            if killed_at is None and i >= batches // 2 and int(storage.cursors[1]) >= min_laps * seg_size:
+        while i < killed_batch + batches // 2 or storage.cursor(0) < min_laps * seg_size:
+            assert procs[0].is_alive(), "writer 0 stopped before lapping its ring often enough"
+            assert time.monotonic() < deadline, f"writers too slow: cursors {storage.committed().tolist()}"
+            if killed_at is None and i >= batches // 2 and storage.cursor(1) >= min_laps * seg_size:
                 procs[1].kill()  # SIGKILL, possibly in the middle of a batch
-                procs[1].join(timeout=10)
-                killed_at, killed_batch = int(storage.cursors[1]), i
+                procs[1].join(timeout=JOIN_SECONDS)
+                killed_at, killed_batch = storage.cursor(1), i
             i += 1
-            before = storage.cursors.clone()
+            before = torch.from_numpy(storage.committed())
             batch = sampler.sample(batch_size)
-            after = storage.cursors.clone()
+            after = torch.from_numpy(storage.committed())
             ids = assert_rows_whole(batch)
             writer, pos = decode_id(ids, writers)
             segment = batch.index // seg_size
             assert (writer == segment).all(), "a row is in another writer's segment"
             assert (batch.index == segment * seg_size + pos % seg_size).all(), "a row is in the wrong slot"
+            assert (torch.from_numpy(batch.logical) == pos).all(), "a row's logical position is wrong"
             assert (pos < after[segment]).all(), "an uncommitted row was sampled"
             assert (pos >= before[segment] - (seg_size - write_batch)).all(), "an overwritable row was sampled"
             sampled += torch.bincount(segment, minlength=writers)
         stop[0] = 1
-        procs[0].join(timeout=10)
-        assert killed_at is not None and int(storage.cursors[1]) == killed_at
+        procs[0].join(timeout=JOIN_SECONDS)
+        assert killed_at is not None and storage.cursor(1) == killed_at
         assert (sampled > 0).all()
+        # the draws really raced the writers: some rows were overwritable when re-checked
+        assert sampler.redraws > 0
     finally:
         stop[0] = 1
         for proc in procs:
-            proc.join(timeout=10)
+            proc.join(timeout=JOIN_SECONDS)
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)

@@ -25,8 +25,8 @@ from conftest import compose_config, run_cli
 from omegaconf import OmegaConf, open_dict, read_write
 from proc_utils import descendants, wait_for
 
-from asyncql_cli import sweep
-from asyncql_cli.config import BadInput
+from asyncql_cli.cli import sweep_budget, sweep_callback, sweep_naming, sweep_table
+from asyncql_cli.errors import BadInput
 
 TINY = [
     "train.total_env_steps=1000", "train.learning_starts=128", "parallelism.num_actors=1",
@@ -41,7 +41,7 @@ def _sweep_dir(tmp_path: Path) -> Path:
 
 
 def _rows(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / sweep.SWEEP_CSV, newline="") as f:
+    with open(sweep_dir / sweep_table.SWEEP_CSV, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -86,22 +86,23 @@ def test_job_dirname_carries_env_and_swept_values(monkeypatch: pytest.MonkeyPatc
                   "overrides": {"task": ["seed=1", "algo.lr=0.0006466422717414558",
                                          "env.id=my_pkg.envs:Foo/Bar-v0", "train.total_env_steps=100"]}},
     })
-    monkeypatch.setattr(sweep, "_swept_keys", frozenset({"seed", "algo.lr", "env.id"}))
-    assert sweep.job_dirname(root) == "3_my_pkg.envs_Foo_Bar-v0_algo.lr=0.0006466,seed=1"
-    monkeypatch.setattr(sweep, "_swept_keys", None)  # unknown sweep: every override but excluded ones
-    assert sweep.job_dirname(root) == "3_my_pkg.envs_Foo_Bar-v0_algo.lr=0.0006466,seed=1,train.total_env_steps=100"
-    monkeypatch.setattr(sweep, "_swept_keys", frozenset())
-    assert sweep.job_dirname(root) == "3_my_pkg.envs_Foo_Bar-v0"
+    monkeypatch.setattr(sweep_naming, "swept", frozenset({"seed", "algo.lr", "env.id"}))
+    assert sweep_naming.job_dirname(root) == "3_my_pkg.envs_Foo_Bar-v0_algo.lr=0.0006466,seed=1"
+    monkeypatch.setattr(sweep_naming, "swept", None)  # unknown sweep: every override but excluded ones
+    expected = "3_my_pkg.envs_Foo_Bar-v0_algo.lr=0.0006466,seed=1,train.total_env_steps=100"
+    assert sweep_naming.job_dirname(root) == expected
+    monkeypatch.setattr(sweep_naming, "swept", frozenset())
+    assert sweep_naming.job_dirname(root) == "3_my_pkg.envs_Foo_Bar-v0"
     root.hydra.overrides.task = [f"algo.lr={i}e-4" for i in range(100)]
-    monkeypatch.setattr(sweep, "_swept_keys", None)
-    assert len(sweep.job_dirname(root)) == sweep.MAX_NAME
+    monkeypatch.setattr(sweep_naming, "swept", None)
+    assert len(sweep_naming.job_dirname(root)) == sweep_naming.MAX_NAME
 
 
 def test_swept_keys_from_command_line_and_search_space() -> None:
     cfg = compose_config(["hparams_search=cartpole_optuna"] if HAS_OPTUNA else [], return_hydra_config=True)
     with read_write(cfg), open_dict(cfg):
         cfg.hydra.overrides.task = ["seed=0,1", "train.total_env_steps=1000", "algo.batch_size=32"]
-    keys = sweep.swept_keys(cfg)
+    keys = sweep_naming.swept_keys(cfg)
     assert "seed" in keys and "train.total_env_steps" not in keys
     assert "algo.batch_size" not in keys  # fixed on the command line: out of the search space
     if HAS_OPTUNA:
@@ -121,9 +122,10 @@ def _joblib_cfg(n_jobs: int, task: list[str], core_budget: str = "enforce") -> A
 
 def test_core_budget_lowers_n_jobs_to_fit_the_cores(monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(sweep, "available_cores", lambda: 8)
-    cfg = _joblib_cfg(8, ["seed=0,1,2,3", "parallelism.num_actors=1,3"])  # 3 actors + 1 learner
-    callback = sweep.SweepCallback(core_budget="enforce")
+    monkeypatch.setattr(sweep_callback, "available_cores", lambda: 8)
+    # up to 2 actors + 1 learner + 1 evaluator per job: 2 jobs at once on 8 cores
+    cfg = _joblib_cfg(8, ["seed=0,1,2,3", "parallelism.num_actors=1,2"])
+    callback = sweep_callback.SweepCallback(core_budget="enforce")
     try:
         with caplog.at_level("WARNING", logger="asyncql"):
             callback.on_multirun_start(cfg)
@@ -131,7 +133,7 @@ def test_core_budget_lowers_n_jobs_to_fit_the_cores(monkeypatch: pytest.MonkeyPa
         callback._restore_signal_handlers()
     assert cfg.hydra.launcher.n_jobs == 2
     assert "lowered hydra.launcher.n_jobs to 2" in caplog.text and "8 cores" in caplog.text
-    fits = _joblib_cfg(8, ["seed=0,1", "parallelism.num_actors=3"])  # only 2 jobs: 2 x 4 <= 8
+    fits = _joblib_cfg(8, ["seed=0,1", "parallelism.num_actors=2"])  # only 2 jobs: 2 x 4 <= 8
     callback.on_multirun_start(fits)
     callback._restore_signal_handlers()
     assert fits.hydra.launcher.n_jobs == 8
@@ -139,16 +141,16 @@ def test_core_budget_lowers_n_jobs_to_fit_the_cores(monkeypatch: pytest.MonkeyPa
 
 def test_core_budget_warn_keeps_n_jobs_and_serial_counts_one(monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(sweep, "available_cores", lambda: 2)
-    cfg = _joblib_cfg(-1, ["seed=0,1"], core_budget="warn")  # -1: all cores, 2 x (2 + 1) > 2
-    callback = sweep.SweepCallback(core_budget="warn")
+    monkeypatch.setattr(sweep_callback, "available_cores", lambda: 2)
+    cfg = _joblib_cfg(-1, ["seed=0,1"], core_budget="warn")  # -1: all cores, 2 x (2 + 1 + 1) > 2
+    callback = sweep_callback.SweepCallback(core_budget="warn")
     try:
         with caplog.at_level("WARNING", logger="asyncql"):
             callback.on_multirun_start(cfg)
     finally:
         callback._restore_signal_handlers()
     assert cfg.hydra.launcher.n_jobs == -1 and "oversubscribed" in caplog.text
-    assert sweep.processes_per_job(compose_config(["parallelism=serial"], return_hydra_config=True)) == 1
+    assert sweep_budget.processes_per_job(compose_config(["parallelism=serial"], return_hydra_config=True)) == 1
 
 
 # --------------------------------------------------------- unit: the task in a sweep
@@ -156,8 +158,8 @@ def _multirun_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, train: Any, 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    import asyncql_cli.supervisor
-    from asyncql_cli import cli
+    import asyncql_cli.runtime.run
+    from asyncql_cli.cli import train_task
 
     cfg = compose_config([], return_hydra_config=True)
     with read_write(cfg), open_dict(cfg):
@@ -167,12 +169,11 @@ def _multirun_task(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, train: Any, 
         if optuna:
             cfg.hydra.sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
     (tmp_path / "0_job").mkdir()
-    monkeypatch.setattr(asyncql_cli.supervisor, "train", train)
-    monkeypatch.setattr(cli, "_task_started", False)
+    monkeypatch.setattr(asyncql_cli.runtime.run, "train", train)
     HydraConfig.instance().set_config(cfg)
     try:
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        return cli._train_task(task_cfg)
+        return train_task.train_task(task_cfg)
     finally:
         HydraConfig.instance().cfg = None
 
@@ -227,7 +228,7 @@ def test_summary_sorts_best_first_and_lists_failures(tmp_path: Path) -> None:
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n- algo.lr=0.001\n")
         if summary is not None:
             (tmp_path / name / "summary.json").write_text(json.dumps(summary))
-    rows = sweep.write_sweep_summary(tmp_path, show=False)
+    rows = sweep_table.write_sweep_summary(tmp_path, show=False)
     assert [row["job"] for row in rows] == [4, 1, 0, 2, 3]  # ties: fewer steps to best first
     written = _rows(tmp_path)
     assert [r["job"] for r in written] == ["4", "1", "0", "2", "3"]
@@ -235,8 +236,8 @@ def test_summary_sorts_best_first_and_lists_failures(tmp_path: Path) -> None:
     assert written[0]["all_overrides"] == "seed=4 algo.lr=0.001"
     assert written[3]["exit_reason"] == "bad_input" and written[3]["error"] == "env.id: nope"
     assert written[4]["exit_reason"] == "unknown" and "summary.json" in written[4]["error"]
-    assert sweep.sweep_exit_code(rows) == 1
-    assert sweep.sweep_exit_code(rows[:3]) == 0
+    assert sweep_table.sweep_exit_code(rows) == 1
+    assert sweep_table.sweep_exit_code(rows[:3]) == 0
 
 
 # ------------------------------------------------------------------- real sweeps
@@ -253,7 +254,7 @@ def test_two_job_sweep_makes_complete_job_dirs_summary_and_hparams(tmp_path: Pat
     assert len(rows) == 2 and {r["overrides"] for r in rows} == {"seed=0", "seed=1"}
     best = [float(r["best_eval_return"]) for r in rows]
     assert best == sorted(best, reverse=True) == sorted((s["best_eval_return"] for s in summaries), reverse=True)
-    assert "asyncql sweep: 2 jobs" in result.stderr and sweep.SWEEP_CSV in result.stderr
+    assert "asyncql sweep: 2 jobs" in result.stderr and sweep_table.SWEEP_CSV in result.stderr
     for job, summary in zip(jobs, summaries):
         experiment, start, scalars = _hparams(job)
         metric_tags = {m.name.tag for m in experiment.metric_infos}
@@ -304,7 +305,7 @@ def test_ctrl_c_stops_a_joblib_sweep_cleanly(tmp_path: Path) -> None:
     args = ["seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
             "hydra.callbacks.asyncql_sweep.core_budget=warn", *TINY, "train.total_env_steps=1000000",
             f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "asyncql_cli.cli", "train", "-m", *args], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "asyncql_cli", "train", "-m", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         assert wait_for(lambda: sum(t == "asyncql:learner-0" for t in descendants(proc.pid).values()) == 2, 90)

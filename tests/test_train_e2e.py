@@ -8,6 +8,7 @@ and that `asyncql eval` reproduces the training-time evaluation of the best chec
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,10 @@ CONTRACT_TAGS = {
     "learner/q_mean", "learner/grad_norm", "eval/mean_return", "perf/env_steps_per_sec",
     "perf/updates_per_sec", "replay/size", "actor/policy_lag",
 }
+
+
+# every process of a run names its role in ps: the forkserver the children come from, too
+EXPECTED_ROLES = {"forkserver", "actor-0", "actor-1", "actor-2", "learner-0", "evaluator"}
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -47,7 +52,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     def all_roles_running() -> bool:
         seen.update(roles(proc.pid))
-        return {"actor-0", "actor-1", "actor-2", "learner-0"} <= set(seen)
+        return EXPECTED_ROLES <= set(seen)
 
     concurrent = wait_for(all_roles_running, timeout=60)
     output, _ = proc.communicate(timeout=240)
@@ -55,11 +60,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "concurrent": concurrent}
 
 
-def test_three_actors_and_a_learner_run_at_once_and_none_is_left(trained_run: dict) -> None:
+def test_three_actors_a_learner_and_the_evaluator_run_at_once_and_none_is_left(trained_run: dict) -> None:
     assert trained_run["concurrent"], trained_run["output"][-3000:]
     assert trained_run["proc"].returncode == 0, trained_run["output"][-3000:]
+    assert set(trained_run["roles"]) == EXPECTED_ROLES, trained_run["roles"]
     pids = trained_run["roles"].values()
-    assert len(set(pids)) == 4
+    assert len(set(pids)) == len(EXPECTED_ROLES)
     for pid in pids:
         assert wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists()
                         or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], timeout=5)
@@ -91,6 +97,7 @@ def test_run_directory_layout(trained_run: dict) -> None:
     log = (run_dir / "train.log").read_text()
     for role, pid in trained_run["roles"].items():
         assert f"{role} started (pid {pid}" in log
+    assert re.search(r"learner-0 device: (cpu \(\d+ threads\)|cuda:\d+ \(.+\))\n", log), log  # resolved, not "auto"
     assert list(run_dir.glob("events.out.tfevents.*"))
 
 
@@ -100,7 +107,7 @@ def test_eval_reproduces_training_time_best_score(trained_run: dict) -> None:
 
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     result = subprocess.run(
-        [sys.executable, "-m", "asyncql_cli.cli", "eval", f"run_dir={run_dir}", "checkpoint=best",
+        [sys.executable, "-m", "asyncql_cli", "eval", f"run_dir={run_dir}", "checkpoint=best",
          f"eval.episodes={best['eval_episodes']}", f"eval.seed={best['eval_seed']}"],
         capture_output=True, text=True, timeout=120,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,11 +22,21 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from asyncql_cli.evaluate import evaluate
-from asyncql_cli.networks import build_network
-from asyncql_cli.video import VideoError, add_video_to_tensorboard, record_video, thumbnail_frames
+from asyncql_cli.algo.networks import build_network
+from asyncql_cli.config.schema import EnvConfig, NetworkConfig
+from asyncql_cli.evaluation.evaluate import evaluate
+from asyncql_cli.evaluation.video import (
+    GifClip,
+    VideoError,
+    add_clip_to_tensorboard,
+    add_video_to_tensorboard,
+    gif_clip,
+    record_video,
+    thumbnail_frames,
+)
 
-MLP = {"name": "mlp", "hidden": [32, 32], "dueling": False}
+MLP = NetworkConfig(name="mlp", hidden=[32, 32], dueling=False)
+CARTPOLE = EnvConfig(id="CartPole-v1")
 SEED = 1_000
 
 
@@ -72,10 +83,10 @@ def _assert_gif(encoded: bytes, min_frames: int = 2) -> Image.Image:
 def test_record_video_writes_a_nonblank_mp4_with_the_env_fps(tmp_path: Path) -> None:
     net = _net()
     out = tmp_path / "videos" / "clip.mp4"
-    result = record_video(net, "CartPole-v1", {}, None, 3, SEED, out)
+    result = record_video(net, CARTPOLE, 3, SEED, out)
 
     # the same episodes as evaluate(): episode k is reset with seed + k, greedy actions
-    assert result.returns == evaluate(net, "CartPole-v1", {}, None, 3, SEED).returns
+    assert result.returns == evaluate(net, CARTPOLE, 3, SEED).returns
     assert result.num_frames == sum(result.lengths) + 3  # a reset frame, then one per step
     assert result.path == out and out.is_file()
     assert out.stat().st_size > 2_000, f"{out.stat().st_size} bytes: an empty mp4 is ~262 bytes"
@@ -102,7 +113,7 @@ def test_record_video_writes_a_nonblank_mp4_with_the_env_fps(tmp_path: Path) -> 
 
 def test_record_video_fps_override_and_frame_cap(tmp_path: Path) -> None:
     out = tmp_path / "capped.mp4"
-    result = record_video(_net(), "CartPole-v1", {}, None, 5, SEED, out, fps=25, max_frames=12)
+    result = record_video(_net(), CARTPOLE, 5, SEED, out, fps=25, max_frames=12)
     assert result.num_frames == 12  # cut mid-episode at the cap
     frames, fps = _decode(out)
     assert fps == pytest.approx(25.0)
@@ -133,7 +144,7 @@ class _NoPictures(gym.Env):
 def test_record_video_refuses_an_env_without_pictures(tmp_path: Path) -> None:
     gym.register("asyncql-test/NoPictures-v0", entry_point=_NoPictures)
     with pytest.raises(VideoError, match="rgb_array"):
-        record_video(_net(), "asyncql-test/NoPictures-v0", {}, None, 1, SEED, tmp_path / "x.mp4")
+        record_video(_net(), EnvConfig(id="asyncql-test/NoPictures-v0"), 1, SEED, tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -157,6 +168,28 @@ def test_add_video_to_tensorboard_is_read_back_as_an_animation(tmp_path: Path) -
     gif.seek(9)
     last = np.asarray(gif.convert("RGB"))
     assert last[18, 40].tolist() == [200, 40, 40] and last[18, 10].tolist() == [255, 255, 255]
+
+
+def test_a_gif_clip_crosses_processes_and_is_written_as_add_video_writes_it(tmp_path: Path) -> None:
+    """The evaluator encodes a GifClip and hands it to the run's one writer (main process): it
+    pickles, and `add_clip_to_tensorboard` writes what `add_video_to_tensorboard` would."""
+    frames = _moving_square(6)
+    clip = pickle.loads(pickle.dumps(gif_clip(frames, fps=10)))
+    assert isinstance(clip, GifClip) and (clip.height, clip.width, clip.channels) == (48, 64, 3)
+    _assert_gif(clip.gif, min_frames=6)
+    for name, write in (("clip", lambda w: add_clip_to_tensorboard(w, "eval/video", clip, 3)),
+                        ("frames", lambda w: add_video_to_tensorboard(w, "eval/video", frames, 10, 3))):
+        writer = SummaryWriter(str(tmp_path / name))
+        write(writer)
+        writer.close()
+    (from_clip,), (from_frames,) = _video_images(tmp_path / "clip"), _video_images(tmp_path / "frames")
+    assert (from_clip.step, from_clip.width, from_clip.height) == (3, 64, 48)
+    assert from_clip.encoded_image_string == from_frames.encoded_image_string == clip.gif
+    rgba = np.concatenate([frames, np.full((*frames.shape[:3], 1), 255, np.uint8)], axis=3)
+    assert gif_clip(rgba, fps=10) == clip  # an alpha channel is dropped
+    for bad in (frames[0], frames[:0], frames[..., :2]):
+        with pytest.raises(ValueError, match="expected"):
+            gif_clip(bad, fps=10)
 
 
 def test_thumbnail_frames_caps_count_and_size_and_keeps_real_time() -> None:
@@ -203,7 +236,8 @@ def test_train_and_eval_write_videos_and_tensorboard_clips(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_training_time_videos_at_an_interval(tmp_path: Path) -> None:
-    from asyncql_cli.supervisor import train
+    from asyncql_cli.config.loading import load_config
+    from asyncql_cli.runtime.run import train
 
     run_dir = tmp_path / "run"
     cfg = compose_config([
@@ -212,7 +246,7 @@ def test_training_time_videos_at_an_interval(tmp_path: Path) -> None:
         "eval.interval_seconds=100", "eval.episodes=2", "eval.video=true",
         "eval.video_interval_seconds=0.001", "network.hidden=[32,32]",
     ])
-    assert train(cfg, run_dir) == 0
+    assert train(load_config(cfg), run_dir) == 0
     during = sorted((run_dir / "videos").glob("step_*.mp4"))
     assert during, list((run_dir / "videos").iterdir())
     assert len(list((run_dir / "videos").glob("best_step_*.mp4"))) == 1

@@ -1,0 +1,1 @@
+"""asyncql's `hydra/launcher=ray` (Hydra discovers launchers in the hydra_plugins namespace)."""
