@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Optional, Protocol
 
 import torch
@@ -236,3 +237,15 @@ class WeightPublisher:
             if self.in_flight is not None:
                 self.in_flight[0].synchronize()
             self.poll()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run in-process work with the thread count every training process gets: the default (one
+    thread per core) makes small matmuls spin-wait for each other once another process loads a core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -50,11 +50,11 @@ from asyncql_cli.cli.bench.actors import bench_actor_processes, bench_env_and_ac
 from asyncql_cli.cli.bench.learning import bench_learner, bench_replay
 from asyncql_cli.cli.bench.measure import Result, add_ratios
 from asyncql_cli.cli.bench.options import compose_config, parse_args
-from asyncql_cli.cli.bench.report import machine_info, print_report, torch_threads
+from asyncql_cli.cli.bench.report import machine_info, print_report
 from asyncql_cli.config.schema import Config
 from asyncql_cli.envs.make import EnvSpec
 from asyncql_cli.errors import BadInput
-from asyncql_cli.workers.device import resolve_device
+from asyncql_cli.workers.device import resolve_device, torch_threads
 
 
 def run_parts(args: argparse.Namespace, config: Config, spec: EnvSpec) -> list[Result]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -74,14 +72,5 @@ def print_report(machine: dict[str, Any], results: list[Result], env_id: str) ->
     console.print(table)
 
 
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the in-process parts with the thread count every training process gets."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
