@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from asyncql_cli.algo.exploration import apex_epsilons, draw_final_epsilon, linear_epsilon
+from asyncql_cli.algo.exploration import apex_epsilons, draw_final_epsilon, effective_schedule, linear_epsilon
 from asyncql_cli.algo.networks import build_network
 from asyncql_cli.algo.nstep import NStepAccumulator, rows_from
 from asyncql_cli.config.schema import ActorConfig, ExplorationConfig, NetworkConfig
@@ -93,11 +93,12 @@ class Actor:
     def _exploration(self) -> tuple[Optional[np.ndarray], float]:
         """(fixed epsilons of this actor's envs, or None for an annealed one; its final epsilon)."""
         settings, exploration = self.settings, self.settings.exploration
-        if exploration.schedule == "apex":
-            per_actor = settings.envs_per_actor
+        per_actor = settings.envs_per_actor
+        schedule = effective_schedule(exploration.schedule, settings.num_actors * per_actor)
+        if schedule == "apex":
             every = apex_epsilons(settings.num_actors * per_actor, exploration.apex_base, exploration.apex_alpha)
             return every[settings.actor_id * per_actor:][:per_actor], float(every.min())
-        if exploration.schedule == "mnih2016":  # each actor anneals to its own final epsilon, drawn once
+        if schedule == "mnih2016":  # each actor anneals to its own final epsilon, drawn once
             return None, draw_final_epsilon(self.rng, exploration.mnih_finals, exploration.mnih_probs)
         return None, exploration.linear_end
 
