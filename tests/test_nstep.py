@@ -364,3 +364,31 @@ def test_apex_with_several_env_slots_keeps_its_fixed_epsilons():
     actor.close()
     np.testing.assert_allclose(before, apex_epsilons(2, 0.4, 7.0))
     np.testing.assert_array_equal(actor.epsilons(), before)
+
+
+def test_an_actor_reports_its_slot_epsilons_and_each_episode_with_its_slot():
+    actor = one_env_actor("apex", num_actors=2, envs=2)
+    for _ in range(100):
+        actor.step()
+    actor.close()
+    messages = []
+    while not actor.stats.empty():
+        messages.append(actor.stats.get())
+    assert messages[0] == ("epsilon", 0, 0, pytest.approx(apex_epsilons(4, 0.4, 7.0)[:2].tolist()))
+    assert [m for m in messages if m[0] == "epsilon"] == messages[:1]  # fixed epsilons: sent once
+    episodes = [m for m in messages if m[0] == "episode"]
+    assert episodes and {m[5] for m in episodes} <= {0, 1}
+    for m in episodes:
+        assert m[4] == pytest.approx(apex_epsilons(4, 0.4, 7.0)[m[5]])
+
+
+def test_an_annealing_actor_reports_its_epsilon_again_once_per_sync_interval():
+    actor = one_env_actor("linear")
+    for _ in range(250):
+        actor.step()
+    actor.close()
+    messages = []
+    while not actor.stats.empty():
+        messages.append(actor.stats.get())
+    sent = [m[3][0] for m in messages if m[0] == "epsilon"]
+    assert len(sent) == 2 and sent[0] == pytest.approx(1.0) and sent[1] == pytest.approx(0.05)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from asyncql_cli import rundir
 from asyncql_cli.checkpoint import write_json
 from asyncql_cli.evaluation.selection import Best, EvalReport
@@ -76,6 +78,37 @@ def previous_wall_seconds(run_dir: Path) -> float:
         return float(summary.get("total_wall_seconds", summary.get("wall_seconds", 0.0)))
     except (OSError, ValueError, TypeError):
         return 0.0
+
+
+# the HParams columns after the swept keys: what most runs are tuned by
+MAIN_HPARAMS = ("algo.lr", "algo.batch_size", "algo.gamma", "algo.n_step", "algo.replay_ratio",
+                "algo.target_update", "network.hidden", "buffer.name", "parallelism.num_actors", "seed")
+
+
+def job_override_keys(run_dir: Path) -> list[str]:
+    """The config keys of the job's command-line overrides (a sweep job's swept values among
+    them), from .hydra/overrides.yaml; none when the run was not started by Hydra."""
+    path = run_dir / rundir.HYDRA / "overrides.yaml"
+    if not path.is_file():
+        return []
+    keys = []
+    for text in OmegaConf.to_container(OmegaConf.load(path)) or []:
+        key = str(text).split("=", 1)[0].lstrip("+~").replace("/", ".")
+        if key and not key.startswith("hydra."):
+            keys.append(key)
+    return keys
+
+
+def ordered_hparams(flat: dict[str, Any], override_keys: list[str]) -> dict[str, Any]:
+    """The flat config with the overridden keys first, then MAIN_HPARAMS, then the rest in order
+    (TensorBoard's HParams tab shows the columns in this order). An overridden config group
+    (`buffer=prioritized`) stands for its name or id key."""
+    first: list[str] = []
+    for key in override_keys:
+        first += [name for name in (key, f"{key}.name", f"{key}.id") if name in flat][:1]
+    first += [key for key in MAIN_HPARAMS if key in flat]
+    leading = list(dict.fromkeys(first))
+    return {**{key: flat[key] for key in leading}, **{k: v for k, v in flat.items() if k not in leading}}
 
 
 def flat_hparams(plain: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -39,9 +39,12 @@ def _duration(seconds: Optional[float]) -> str:
 
 
 class Reporter:
-    def __init__(self, run_dir: str, total_env_steps: int, mode: str, purge_step: Optional[int] = None):
+    def __init__(self, run_dir: str, total_env_steps: int, mode: str, purge_step: Optional[int] = None,
+                 greedy_epsilon: float = 0.05):
         self.writer = SummaryWriter(run_dir, purge_step=purge_step)
         self.total_env_steps = total_env_steps
+        self.greedy_epsilon = greedy_epsilon  # train.greedy_epsilon: slots at most this are "greedy"
+        self.slot_epsilons: dict[int, float] = {}  # the current epsilon of every env slot heard of
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.episodes = 0
         self.eval_return: Optional[float] = None
@@ -77,12 +80,31 @@ class Reporter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
 
-    def episode(self, ret: float, length: int, epsilon: float, step: int) -> None:
+    def episode(self, ret: float, length: int, epsilon: float, step: int, slot: Optional[int] = None) -> None:
+        """Every episode goes to train/episode_return_all; train/episode_return (and the recent
+        return of the progress display) keeps only those of the greedy slots."""
         self.episodes += 1
-        self.recent_returns.append(ret)
-        self.scalar("train/episode_return", ret, step)
+        if slot is not None:
+            self.slot_epsilons[slot] = epsilon
+        self.scalar("train/episode_return_all", ret, step)
         self.scalar("train/episode_length", length, step)
         self.scalar("train/epsilon", epsilon, step)
+        if self.is_greedy(epsilon):
+            self.recent_returns.append(ret)
+            self.scalar("train/episode_return", ret, step)
+
+    def is_greedy(self, epsilon: float) -> bool:
+        """At most train.greedy_epsilon; while no slot of the run is, the lowest epsilon of them all."""
+        lowest = min(self.slot_epsilons.values(), default=epsilon)
+        if lowest <= self.greedy_epsilon:
+            return epsilon <= self.greedy_epsilon
+        return epsilon <= lowest
+
+    def epsilons(self, first_slot: int, epsilons: list[float], step: int) -> None:
+        """An actor's env slots' current epsilons: exploration/epsilon/slot<j>."""
+        for offset, epsilon in enumerate(epsilons):
+            self.slot_epsilons[first_slot + offset] = epsilon
+            self.scalar(f"exploration/epsilon/slot{first_slot + offset}", epsilon, step)
 
     @property
     def recent_return(self) -> Optional[float]:
