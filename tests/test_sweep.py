@@ -217,10 +217,12 @@ def test_optuna_job_returns_the_best_eval_return_or_its_failure(
 def test_summary_sorts_best_first_and_lists_failures(tmp_path: Path) -> None:
     jobs = {
         "0_CartPole-v1_seed=0": {"best_eval_return": 20.0, "best_eval_env_steps": 900, "exit_reason": "budget"},
-        "1_CartPole-v1_seed=1": {"best_eval_return": 50.0, "best_eval_env_steps": 700, "exit_reason": "budget"},
+        "1_CartPole-v1_seed=1": {"best_eval_return": 50.0, "best_eval_confirmed": False, "best_eval_env_steps": 700,
+                                 "exit_reason": "budget"},
         "2_CartPole-v1_seed=2": {"best_eval_return": None, "exit_reason": "bad_input", "error": "env.id: nope"},
         "3_CartPole-v1_seed=3": None,  # died without a summary
-        "4_CartPole-v1_seed=4": {"best_eval_return": 50.0, "best_eval_env_steps": 500, "exit_reason": "solved"},
+        "4_CartPole-v1_seed=4": {"best_eval_return": 50.0, "best_eval_confirmed": True, "best_eval_env_steps": 500,
+                                 "exit_reason": "solved"},
     }
     for name, summary in jobs.items():
         (tmp_path / name / ".hydra").mkdir(parents=True)
@@ -234,6 +236,7 @@ def test_summary_sorts_best_first_and_lists_failures(tmp_path: Path) -> None:
     assert [r["job"] for r in written] == ["4", "1", "0", "2", "3"]
     assert written[0]["overrides"] == "seed=4"  # the common algo.lr=0.001 is left out
     assert written[0]["all_overrides"] == "seed=4 algo.lr=0.001"
+    assert [r["best_eval_confirmed"] for r in written[:2]] == ["True", "False"]  # the column says which held
     assert written[3]["exit_reason"] == "bad_input" and written[3]["error"] == "env.id: nope"
     assert written[4]["exit_reason"] == "unknown" and "summary.json" in written[4]["error"]
     assert sweep_table.sweep_exit_code(rows) == 1

@@ -24,12 +24,16 @@ class RunRecord:
     best_wall_seconds: Optional[float] = None  # wall clock of this run to its best evaluation
     solved_at: Optional[tuple[int, float]] = None  # (env steps, wall s) of the first solved evaluation
     last_eval: Optional[float] = None
+    best_periodic: Optional[float] = None  # the best plain evaluation mean, for a run that never confirmed
     exit_reason: str = "budget"
     error: Optional[str] = None
 
     def on_eval(self, report: EvalReport, wall: float) -> None:
         self.last_eval = report.mean
-        if self.solved_at is None and self.solved_return is not None and report.mean >= self.solved_return:
+        if self.best_periodic is None or report.periodic_mean > self.best_periodic:
+            self.best_periodic = report.periodic_mean
+        if (self.solved_at is None and report.scored and self.solved_return is not None
+                and report.mean >= self.solved_return):
             self.solved_at = (report.env_steps, wall)
         if report.new_best:
             self.best_wall_seconds = wall
@@ -38,6 +42,12 @@ class RunRecord:
     def stop_reached(self, target: Optional[float]) -> bool:
         """train.stop_at_return is reached by best.pt itself, with eval.confirm_margin to spare."""
         return target is not None and self.best.lower is not None and self.best.lower >= target
+
+    @property
+    def best_return(self) -> Optional[float]:
+        """best.pt's score; without one (no evaluation finished its confirmation), the best plain
+        evaluation, which `best_eval_confirmed: false` flags."""
+        return self.best.mean if self.best.mean is not None else self.best_periodic
 
     @property
     def solved(self) -> bool:
@@ -50,7 +60,8 @@ class RunRecord:
             "wall_seconds": wall, "total_wall_seconds": self.previous_wall + wall,
             "generation": self.generation, "env_steps_per_sec": env_steps / wall if wall > 0 else 0.0,
             "updates_per_sec": updates / wall if wall > 0 else 0.0,
-            "best_eval_return": self.best.mean, "best_eval_env_steps": self.best.env_steps,
+            "best_eval_return": self.best_return, "best_eval_confirmed": self.best.confirmed,
+            "best_eval_env_steps": self.best.env_steps,
             "best_eval_wall_seconds": self.best_wall_seconds,
             "solved_env_steps": self.solved_at[0] if self.solved_at else None,
             "solved_wall_seconds": self.solved_at[1] if self.solved_at else None,
@@ -60,7 +71,9 @@ class RunRecord:
 
     def hparam_metrics(self, summary: dict[str, Any]) -> dict[str, float]:
         nan = float("nan")
-        return {"hparams/best_eval_return": self.best.mean if self.best.mean is not None else nan,
+        best = self.best_return
+        return {"hparams/best_eval_return": best if best is not None else nan,
+                "hparams/best_eval_confirmed": float(self.best.confirmed),
                 "hparams/env_steps_per_sec": summary["env_steps_per_sec"],
                 # time to solve (NaN when not solved): the first greedy eval >= env.solved_return
                 "hparams/solved_wall_seconds": self.solved_at[1] if self.solved_at else nan,

@@ -155,7 +155,7 @@ class Reporter:
     def final_table(self, summary: dict[str, Any]) -> None:
         table = Table(title="asyncql run summary", show_header=False)
         for key in ("env_id", "exit_reason", "env_steps", "updates", "wall_seconds",
-                    "env_steps_per_sec", "updates_per_sec", "best_eval_return", "solved",
+                    "env_steps_per_sec", "updates_per_sec", "best_eval_return", "best_eval_confirmed", "solved",
                     "run_dir"):
             value = summary.get(key)
             text = f"{value:,.1f}" if isinstance(value, float) else str(value)
