@@ -27,6 +27,7 @@ from proc_utils import descendants, wait_for
 
 from asyncql_cli.cli import sweep_budget, sweep_callback, sweep_naming, sweep_table
 from asyncql_cli.errors import BadInput
+from asyncql_cli.runtime.record import MAIN_HPARAMS
 
 TINY = [
     "train.total_env_steps=1000", "train.learning_starts=128", "parallelism.num_actors=1",
@@ -267,6 +268,12 @@ def test_two_job_sweep_makes_complete_job_dirs_summary_and_hparams(tmp_path: Pat
         job_cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         assert start.hparams["algo.lr"].number_value == pytest.approx(job_cfg.algo.lr)
         assert scalars["hparams/best_eval_return"] == pytest.approx(summary["best_eval_return"])
+        # the HParams columns lead with the job's overrides (the swept seed among them), then the main keys
+        names = [info.name for info in experiment.hparam_infos]
+        overridden = [str(o).split("=", 1)[0] for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+        assert "seed" in overridden and names[:len(overridden)] == overridden
+        main = [key for key in MAIN_HPARAMS if key not in overridden]
+        assert names[len(overridden):len(overridden) + len(main)] == main
 
 
 @pytest.mark.slow
