@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from asyncql_cli.runtime.record import MAIN_HPARAMS, job_override_keys, ordered_hparams
@@ -71,3 +72,22 @@ def test_the_override_keys_come_from_the_jobs_hydra_overrides(tmp_path):
         "- algo.lr=0.0003\n- seed=1\n- +env.kwargs.sutton_barto_reward=true\n"
         "- hydra/launcher=joblib\n- buffer=prioritized\n")
     assert job_override_keys(tmp_path) == ["algo.lr", "seed", "env.kwargs.sutton_barto_reward", "buffer"]
+
+
+@pytest.mark.slow
+def test_a_one_env_apex_run_anneals_its_epsilon_and_logs_it(tmp_path):
+    """parallelism=serial with one env: the apex schedule falls back to linear, so the slot's
+    epsilon, read back from TensorBoard, falls from linear_start to linear_end."""
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "parallelism=serial", "parallelism.envs_per_actor=1", "exploration.schedule=apex",
+                     "exploration.linear_steps=1000", "exploration.linear_end=0.05", "actor.weight_sync_steps=100",
+                     "train.total_env_steps=1500", "train.learning_starts=200", "eval.interval_seconds=1000",
+                     "eval.episodes=1", "eval.confirm_episodes=0", "train.progress=none",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scalars = _scalars(run_dir)
+    epsilons = [value for _, value in scalars["exploration/epsilon/slot0"]]
+    assert epsilons[0] == pytest.approx(1.0) and epsilons[-1] == pytest.approx(0.05)
+    assert epsilons == sorted(epsilons, reverse=True) and len(epsilons) >= 5
+    assert "exploration/epsilon/slot1" not in scalars
+    assert scalars["train/episode_return_all"]

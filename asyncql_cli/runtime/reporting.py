@@ -22,6 +22,8 @@ from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from asyncql_cli.config.schema import TrainConfig
+
 log = logging.getLogger("asyncql")
 
 PLAIN_LINE_SECONDS = 5.0
@@ -40,7 +42,7 @@ def _duration(seconds: Optional[float]) -> str:
 
 class Reporter:
     def __init__(self, run_dir: str, total_env_steps: int, mode: str, purge_step: Optional[int] = None,
-                 greedy_epsilon: float = 0.05):
+                 greedy_epsilon: float = TrainConfig.greedy_epsilon):
         self.writer = SummaryWriter(run_dir, purge_step=purge_step)
         self.total_env_steps = total_env_steps
         self.greedy_epsilon = greedy_epsilon  # train.greedy_epsilon: slots at most this are "greedy"
