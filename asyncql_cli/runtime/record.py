@@ -75,7 +75,7 @@ class RunRecord:
         return {"hparams/best_eval_return": best if best is not None else nan,
                 "hparams/best_eval_confirmed": float(self.best.confirmed),
                 "hparams/env_steps_per_sec": summary["env_steps_per_sec"],
-                # time to solve (NaN when not solved): the first greedy eval >= env.solved_return
+                # time to solve (NaN when not solved): the first score (confirmed, if on) >= env.solved_return
                 "hparams/solved_wall_seconds": self.solved_at[1] if self.solved_at else nan,
                 "hparams/solved_env_steps": self.solved_at[0] if self.solved_at else nan}
 
