@@ -158,6 +158,7 @@ def test_stop_at_return_is_confirmed_on_fresh_episodes_before_it_counts(tmp_path
         assert "confirmation at" not in log
         assert best["eval_episodes"] == 10 and best["eval_seed"] == 1_000_000_000
     assert summary["best_eval_return"] == pytest.approx(best["eval_return"])
+    assert summary["best_eval_confirmed"] is bool(confirm) and best["eval_confirmed"] is bool(confirm)
     replay = _cli("eval", f"run_dir={run_dir}", f"eval.episodes={best['eval_episodes']}",
                   f"eval.seed={best['eval_seed']}", cwd=tmp_path)
     assert replay.returncode == 0, replay.stderr[-2000:]

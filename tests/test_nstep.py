@@ -325,3 +325,70 @@ def test_linear_epsilon_endpoints():
     assert linear_epsilon(1000, 1.0, 0.05, 1000) == pytest.approx(0.05)
     assert linear_epsilon(10**6, 1.0, 0.05, 1000) == pytest.approx(0.05)
 
+
+
+def one_env_actor(schedule: str, num_actors: int = 1, envs: int = 1) -> Actor:
+    network = NetworkConfig(name="mlp", hidden=[8], dueling=False)
+    env = EnvSpec(env=EnvConfig(id="CartPole-v1", kwargs={}), obs_shape=(4,), obs_dtype="float32", num_actions=2)
+    settings = ActorSettings(
+        actor_id=0, num_actors=num_actors, envs_per_actor=envs, env=env, network=network,
+        exploration=ExplorationConfig(schedule=schedule, apex_base=0.4, apex_alpha=7.0, linear_start=1.0,
+                                      linear_end=0.05, linear_steps=100),
+        acting=ActorConfig(write_batch=16, weight_sync_steps=100, max_update_debt=None),
+        gamma=GAMMA, n_step=1, seed=5, replay_ratio=1.0, learning_starts=0, max_update_debt=None,
+    )
+    storage = ReplayStorage(4096, num_actors, settings.acting.write_batch, (4,))
+    params = ParameterStore(num_parameters(build_network(network, (4,), 2)))
+    return Actor(settings, storage, params, Counters(num_actors), queue.SimpleQueue())
+
+
+def test_apex_with_a_single_env_slot_anneals_linearly():
+    """One env in the whole run: Ape-X would hold it at apex_base (0.4) for ever; it anneals
+    from linear_start to linear_end instead."""
+    actor = one_env_actor("apex")
+    seen = [float(actor.epsilons()[0])]
+    for _ in range(150):
+        actor.step()
+        seen.append(float(actor.epsilons()[0]))
+    actor.close()
+    assert seen[0] == pytest.approx(1.0)
+    assert all(later <= earlier for earlier, later in zip(seen, seen[1:]))
+    assert seen[-1] == pytest.approx(0.05)
+
+
+def test_apex_with_several_env_slots_keeps_its_fixed_epsilons():
+    actor = one_env_actor("apex", envs=2)
+    before = actor.epsilons().copy()
+    for _ in range(20):
+        actor.step()
+    actor.close()
+    np.testing.assert_allclose(before, apex_epsilons(2, 0.4, 7.0))
+    np.testing.assert_array_equal(actor.epsilons(), before)
+
+
+def test_an_actor_reports_its_slot_epsilons_and_each_episode_with_its_slot():
+    actor = one_env_actor("apex", num_actors=2, envs=2)
+    for _ in range(100):
+        actor.step()
+    actor.close()
+    messages = []
+    while not actor.stats.empty():
+        messages.append(actor.stats.get())
+    assert messages[0] == ("epsilon", 0, 0, pytest.approx(apex_epsilons(4, 0.4, 7.0)[:2].tolist()))
+    assert [m for m in messages if m[0] == "epsilon"] == messages[:1]  # fixed epsilons: sent once
+    episodes = [m for m in messages if m[0] == "episode"]
+    assert episodes and {m[5] for m in episodes} <= {0, 1}
+    for m in episodes:
+        assert m[4] == pytest.approx(apex_epsilons(4, 0.4, 7.0)[m[5]])
+
+
+def test_an_annealing_actor_reports_its_epsilon_again_once_per_sync_interval():
+    actor = one_env_actor("linear")
+    for _ in range(250):
+        actor.step()
+    actor.close()
+    messages = []
+    while not actor.stats.empty():
+        messages.append(actor.stats.get())
+    sent = [m[3][0] for m in messages if m[0] == "epsilon"]
+    assert len(sent) == 2 and sent[0] == pytest.approx(1.0) and sent[1] == pytest.approx(0.05)

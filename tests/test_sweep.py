@@ -27,6 +27,7 @@ from proc_utils import descendants, wait_for
 
 from asyncql_cli.cli import sweep_budget, sweep_callback, sweep_naming, sweep_table
 from asyncql_cli.errors import BadInput
+from asyncql_cli.runtime.record import MAIN_HPARAMS
 
 TINY = [
     "train.total_env_steps=1000", "train.learning_starts=128", "parallelism.num_actors=1",
@@ -217,10 +218,12 @@ def test_optuna_job_returns_the_best_eval_return_or_its_failure(
 def test_summary_sorts_best_first_and_lists_failures(tmp_path: Path) -> None:
     jobs = {
         "0_CartPole-v1_seed=0": {"best_eval_return": 20.0, "best_eval_env_steps": 900, "exit_reason": "budget"},
-        "1_CartPole-v1_seed=1": {"best_eval_return": 50.0, "best_eval_env_steps": 700, "exit_reason": "budget"},
+        "1_CartPole-v1_seed=1": {"best_eval_return": 50.0, "best_eval_confirmed": False, "best_eval_env_steps": 700,
+                                 "exit_reason": "budget"},
         "2_CartPole-v1_seed=2": {"best_eval_return": None, "exit_reason": "bad_input", "error": "env.id: nope"},
         "3_CartPole-v1_seed=3": None,  # died without a summary
-        "4_CartPole-v1_seed=4": {"best_eval_return": 50.0, "best_eval_env_steps": 500, "exit_reason": "solved"},
+        "4_CartPole-v1_seed=4": {"best_eval_return": 50.0, "best_eval_confirmed": True, "best_eval_env_steps": 500,
+                                 "exit_reason": "solved"},
     }
     for name, summary in jobs.items():
         (tmp_path / name / ".hydra").mkdir(parents=True)
@@ -234,6 +237,7 @@ def test_summary_sorts_best_first_and_lists_failures(tmp_path: Path) -> None:
     assert [r["job"] for r in written] == ["4", "1", "0", "2", "3"]
     assert written[0]["overrides"] == "seed=4"  # the common algo.lr=0.001 is left out
     assert written[0]["all_overrides"] == "seed=4 algo.lr=0.001"
+    assert [r["best_eval_confirmed"] for r in written[:2]] == ["True", "False"]  # the column says which held
     assert written[3]["exit_reason"] == "bad_input" and written[3]["error"] == "env.id: nope"
     assert written[4]["exit_reason"] == "unknown" and "summary.json" in written[4]["error"]
     assert sweep_table.sweep_exit_code(rows) == 1
@@ -264,6 +268,12 @@ def test_two_job_sweep_makes_complete_job_dirs_summary_and_hparams(tmp_path: Pat
         job_cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         assert start.hparams["algo.lr"].number_value == pytest.approx(job_cfg.algo.lr)
         assert scalars["hparams/best_eval_return"] == pytest.approx(summary["best_eval_return"])
+        # the HParams columns lead with the job's overrides (the swept seed among them), then the main keys
+        names = [info.name for info in experiment.hparam_infos]
+        overridden = [str(o).split("=", 1)[0] for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+        assert "seed" in overridden and names[:len(overridden)] == overridden
+        main = [key for key in MAIN_HPARAMS if key not in overridden]
+        assert names[len(overridden):len(overridden) + len(main)] == main
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 pytestmark = pytest.mark.slow
 
 CONTRACT_TAGS = {
-    "train/episode_return", "train/episode_length", "train/epsilon", "learner/loss",
+    "train/episode_return", "train/episode_return_all", "exploration/epsilon/slot0", "exploration/epsilon/slot11",
+    "train/episode_length", "train/epsilon", "learner/loss",
     "learner/q_mean", "learner/grad_norm", "eval/mean_return", "perf/env_steps_per_sec",
     "perf/updates_per_sec", "replay/size", "actor/policy_lag",
 }

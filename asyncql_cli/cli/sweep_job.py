@@ -26,7 +26,7 @@ def record_failure(run_dir: Union[str, Path], cfg: Any, reason: str, message: st
     env_id = OmegaConf.select(cfg, "env.id", default=None) if isinstance(cfg, DictConfig) else None
     summary = {
         "env_id": env_id, "env_steps": 0, "updates": 0, "wall_seconds": 0.0,
-        "env_steps_per_sec": 0.0, "best_eval_return": None, "best_eval_env_steps": None,
+        "env_steps_per_sec": 0.0, "best_eval_return": None, "best_eval_confirmed": False, "best_eval_env_steps": None,
         "best_eval_wall_seconds": None, "solved": False, "exit_reason": reason,
         "error": message, "run_dir": str(run_dir),
     }
@@ -66,7 +66,8 @@ def sweep_interrupted(hydra_cfg: Any) -> bool:
 
 def job_result(hydra_cfg: Any, run_dir: Union[str, Path], code: int) -> Union[int, float, str]:
     """What a sweep job returns to Hydra: its exit code, or for the Optuna sweeper the
-    objective, the best greedy eval return from summary.json. A failed Optuna trial returns
+    objective, the best eval return from summary.json (best.pt's confirmed score; a run that never
+    confirmed one, its best plain evaluation). A failed Optuna trial returns
     its error as a string: Optuna records the trial as failed, logs the text, and goes on."""
     if code == 130:
         mark_interrupted(_marker(hydra_cfg).parent)

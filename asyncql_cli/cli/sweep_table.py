@@ -17,7 +17,7 @@ from asyncql_cli.cli.common import FINISHED, INTERRUPTED, read_json
 
 SWEEP_CSV = "sweep_summary.csv"
 CSV_COLUMNS = (
-    "rank", "job", "overrides", "best_eval_return", "best_eval_env_steps",
+    "rank", "job", "overrides", "best_eval_return", "best_eval_confirmed", "best_eval_env_steps",
     "best_eval_wall_seconds", "solved", "solved_env_steps", "solved_wall_seconds", "env_steps",
     "wall_seconds", "env_steps_per_sec", "exit_reason", "error", "job_dir", "all_overrides",
 )
@@ -105,7 +105,7 @@ def print_table(rows: list[dict[str, Any]], sweep_dir: Union[str, Path], csv_pat
         console = Console(stderr=True, width=160)
     table = Table(title=Text(f"asyncql sweep: {len(rows)} jobs in {sweep_dir}"), title_justify="left")
     for name, justify in (("#", "right"), ("job", "right"), ("overrides", "left"),
-                          ("best return", "right"), ("steps to best", "right"),
+                          ("best return", "right"), ("confirmed", "left"), ("steps to best", "right"),
                           ("time to best", "right"), ("solved", "left"), ("env steps", "right"),
                           ("steps/s", "right"), ("exit", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
@@ -121,7 +121,8 @@ def print_table(rows: list[dict[str, Any]], sweep_dir: Union[str, Path], csv_pat
         wall = row.get("best_eval_wall_seconds")
         table.add_row(
             str(row["rank"]), Text(str(row["job"])), Text(row["overrides"] or "-"),
-            _fmt(row.get("best_eval_return")), _fmt(row.get("best_eval_env_steps")),
+            _fmt(row.get("best_eval_return")), _fmt(row.get("best_eval_confirmed")),
+            _fmt(row.get("best_eval_env_steps")),
             "-" if wall is None else f"{wall:,.1f} s", solved_text, _fmt(row.get("env_steps")),
             _fmt(row.get("env_steps_per_sec"), ",.0f"), exit_text,
         )

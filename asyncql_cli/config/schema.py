@@ -132,6 +132,7 @@ class TrainConfig:
     learning_starts: int = 1_000
     stop_at_return: Optional[float] = None
     log_interval_seconds: float = 1.0
+    greedy_epsilon: float = 0.05
     progress: str = "auto"
 
 

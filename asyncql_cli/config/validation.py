@@ -47,7 +47,7 @@ NON_NEGATIVE = (
 )
 UNIT_INTERVAL = (
     "algo.gamma", "buffer.beta", "buffer.beta_final", "exploration.apex_base",
-    "exploration.linear_start", "exploration.linear_end",
+    "exploration.linear_start", "exploration.linear_end", "train.greedy_epsilon",
 )
 OPTIONAL_POSITIVE = (
     "train.max_seconds", "algo.max_grad_norm", "actor.max_update_debt",

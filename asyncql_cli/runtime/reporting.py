@@ -22,6 +22,8 @@ from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from asyncql_cli.config.schema import TrainConfig
+
 log = logging.getLogger("asyncql")
 
 PLAIN_LINE_SECONDS = 5.0
@@ -39,9 +41,12 @@ def _duration(seconds: Optional[float]) -> str:
 
 
 class Reporter:
-    def __init__(self, run_dir: str, total_env_steps: int, mode: str, purge_step: Optional[int] = None):
+    def __init__(self, run_dir: str, total_env_steps: int, mode: str, purge_step: Optional[int] = None,
+                 greedy_epsilon: float = TrainConfig.greedy_epsilon):
         self.writer = SummaryWriter(run_dir, purge_step=purge_step)
         self.total_env_steps = total_env_steps
+        self.greedy_epsilon = greedy_epsilon  # train.greedy_epsilon: slots at most this are "greedy"
+        self.slot_epsilons: dict[int, float] = {}  # the current epsilon of every env slot heard of
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.episodes = 0
         self.eval_return: Optional[float] = None
@@ -77,12 +82,31 @@ class Reporter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)
 
-    def episode(self, ret: float, length: int, epsilon: float, step: int) -> None:
+    def episode(self, ret: float, length: int, epsilon: float, step: int, slot: Optional[int] = None) -> None:
+        """Every episode goes to train/episode_return_all; train/episode_return (and the recent
+        return of the progress display) keeps only those of the greedy slots."""
         self.episodes += 1
-        self.recent_returns.append(ret)
-        self.scalar("train/episode_return", ret, step)
+        if slot is not None:
+            self.slot_epsilons[slot] = epsilon
+        self.scalar("train/episode_return_all", ret, step)
         self.scalar("train/episode_length", length, step)
         self.scalar("train/epsilon", epsilon, step)
+        if self.is_greedy(epsilon):
+            self.recent_returns.append(ret)
+            self.scalar("train/episode_return", ret, step)
+
+    def is_greedy(self, epsilon: float) -> bool:
+        """At most train.greedy_epsilon; while no slot of the run is, the lowest epsilon of them all."""
+        lowest = min(self.slot_epsilons.values(), default=epsilon)
+        if lowest <= self.greedy_epsilon:
+            return epsilon <= self.greedy_epsilon
+        return epsilon <= lowest
+
+    def epsilons(self, first_slot: int, epsilons: list[float], step: int) -> None:
+        """An actor's env slots' current epsilons: exploration/epsilon/slot<j>."""
+        for offset, epsilon in enumerate(epsilons):
+            self.slot_epsilons[first_slot + offset] = epsilon
+            self.scalar(f"exploration/epsilon/slot{first_slot + offset}", epsilon, step)
 
     @property
     def recent_return(self) -> Optional[float]:
@@ -133,7 +157,7 @@ class Reporter:
     def final_table(self, summary: dict[str, Any]) -> None:
         table = Table(title="asyncql run summary", show_header=False)
         for key in ("env_id", "exit_reason", "env_steps", "updates", "wall_seconds",
-                    "env_steps_per_sec", "updates_per_sec", "best_eval_return", "solved",
+                    "env_steps_per_sec", "updates_per_sec", "best_eval_return", "best_eval_confirmed", "solved",
                     "run_dir"):
             value = summary.get(key)
             text = f"{value:,.1f}" if isinstance(value, float) else str(value)

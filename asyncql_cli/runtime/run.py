@@ -31,7 +31,7 @@ from asyncql_cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, BadInput
 from asyncql_cli.evaluation.selection import Best
 from asyncql_cli.runtime.forkserver import server_pid, stop_process_server
 from asyncql_cli.runtime.processes import ProcessGroup
-from asyncql_cli.runtime.record import RunRecord, flat_hparams, write_summary
+from asyncql_cli.runtime.record import RunRecord, flat_hparams, job_override_keys, ordered_hparams, write_summary
 from asyncql_cli.runtime.reporting import Reporter
 from asyncql_cli.runtime.restore import Resumed, apply_resume, read_resume
 from asyncql_cli.runtime.serial import SerialRunner
@@ -62,7 +62,8 @@ class Run:
         self.record = RunRecord(self.spec.env_id, config.env.solved_return, self.wiring.generation,
                                 self.resumed.previous_wall if self.resumed else 0.0, best)
         self.reporter = Reporter(str(run_dir), config.train.total_env_steps, config.train.progress,
-                                 purge_step=self.shared.counters.total_env_steps() if self.resumed else None)
+                                 purge_step=self.shared.counters.total_env_steps() if self.resumed else None,
+                                 greedy_epsilon=config.train.greedy_epsilon)
         self.reporter.best_eval = best.mean
         self.group: Optional[ProcessGroup] = None if self.wiring.serial else ProcessGroup(
             self.shared.counters, p.heartbeat_timeout_seconds, p.max_actor_restarts)
@@ -249,8 +250,8 @@ class Run:
                     else self.group.restarts if self.group else 0)
         summary = self.record.summary(counters.total_env_steps(), counters.updates(), wall, restarts, self.run_dir)
         write_summary(self.run_dir, summary)
-        self.reporter.write_hparams(flat_hparams(as_dict(self.config)), self.record.hparam_metrics(summary),
-                                    counters.total_env_steps())
+        params = ordered_hparams(flat_hparams(as_dict(self.config)), job_override_keys(self.run_dir))
+        self.reporter.write_hparams(params, self.record.hparam_metrics(summary), counters.total_env_steps())
         self.reporter.close()
         self.reporter.final_table(summary)
         if self.record.error is not None:

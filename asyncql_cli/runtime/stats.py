@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from typing import Any
+from typing import Any, Optional
 
 from asyncql_cli.evaluation.selection import EvalReport
 from asyncql_cli.evaluation.video import add_clip_to_tensorboard
@@ -38,8 +38,11 @@ class StatsRouter:
         """One message of a child (from this process's queue, or from a node agent's tick)."""
         getattr(self, f"_on_{message[0]}")(*message[1:])
 
-    def _on_episode(self, _actor: int, ret: float, length: int, epsilon: float) -> None:
-        self.reporter.episode(ret, length, epsilon, self.counters.total_env_steps())
+    def _on_episode(self, _actor: int, ret: float, length: int, epsilon: float, slot: Optional[int] = None) -> None:
+        self.reporter.episode(ret, length, epsilon, self.counters.total_env_steps(), slot)
+
+    def _on_epsilon(self, _actor: int, first_slot: int, epsilons: list[float]) -> None:
+        self.reporter.epsilons(first_slot, epsilons, self.counters.total_env_steps())
 
     def _on_learner(self, index: int, means: dict[str, float], _updates: int, skipped: int) -> None:
         steps = self.counters.total_env_steps()

@@ -179,11 +179,6 @@ class Wiring:
                                     stats_interval_seconds=c.train.log_interval_seconds,
                                     checkpoint_dir=self.checkpoint_dir(), checkpoint_meta=self.checkpoint_meta())
 
-    def confirm_threshold(self) -> Optional[float]:
-        """The lowest return that would count (stop or solved): evaluations reaching it are confirmed."""
-        limits = [v for v in (self.config.train.stop_at_return, self.config.env.solved_return) if v is not None]
-        return min(limits) if limits else None
-
     def evaluator_settings(self, heartbeat_slot: int) -> EvaluatorSettings:
         c, ev = self.config, self.config.eval
         video = VideoSettings(episodes=ev.video_episodes, seed=ev.seed, fps=ev.video_fps,
@@ -191,7 +186,7 @@ class Wiring:
                               directory=str(self.run_dir / rundir.VIDEOS)) if ev.video else None
         selection = SelectionSettings(
             env=c.env, episodes=ev.episodes, confirm_episodes=ev.confirm_episodes, confirm_margin=ev.confirm_margin,
-            seed=ev.seed, max_episode_steps=ev.max_episode_steps, confirm_threshold=self.confirm_threshold(),
+            seed=ev.seed, max_episode_steps=ev.max_episode_steps,
             best_file=str(self.run_dir / rundir.CHECKPOINTS / rundir.BEST), checkpoint_meta=self.checkpoint_meta())
         return EvaluatorSettings(selection=selection, env=self.spec, network=c.network,
                                  interval_seconds=ev.interval_seconds, video=video, heartbeat_slot=heartbeat_slot)

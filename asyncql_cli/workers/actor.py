@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from asyncql_cli.algo.exploration import apex_epsilons, draw_final_epsilon, linear_epsilon
+from asyncql_cli.algo.exploration import apex_epsilons, draw_final_epsilon, effective_schedule, linear_epsilon
 from asyncql_cli.algo.networks import build_network
 from asyncql_cli.algo.nstep import NStepAccumulator, rows_from
 from asyncql_cli.config.schema import ActorConfig, ExplorationConfig, NetworkConfig
@@ -88,16 +88,19 @@ class Actor:
         # learner updates of the weights acted with; None: nothing published yet (act uniformly)
         self.weights_updates: Optional[int] = None if q_net is None else 0
         self.learner_ready = storage is None
+        self.reported_eps: Optional[np.ndarray] = None  # the slot epsilons last sent on the stats queue
+        self.eps_reported_at = 0  # this actor's env steps when they were sent
         self.updates_at_start = counters.updates()  # a resumed run's learner starts from its count
 
     def _exploration(self) -> tuple[Optional[np.ndarray], float]:
         """(fixed epsilons of this actor's envs, or None for an annealed one; its final epsilon)."""
         settings, exploration = self.settings, self.settings.exploration
-        if exploration.schedule == "apex":
-            per_actor = settings.envs_per_actor
+        per_actor = settings.envs_per_actor
+        schedule = effective_schedule(exploration.schedule, settings.num_actors * per_actor)
+        if schedule == "apex":
             every = apex_epsilons(settings.num_actors * per_actor, exploration.apex_base, exploration.apex_alpha)
             return every[settings.actor_id * per_actor:][:per_actor], float(every.min())
-        if exploration.schedule == "mnih2016":  # each actor anneals to its own final epsilon, drawn once
+        if schedule == "mnih2016":  # each actor anneals to its own final epsilon, drawn once
             return None, draw_final_epsilon(self.rng, exploration.mnih_finals, exploration.mnih_probs)
         return None, exploration.linear_end
 
@@ -158,6 +161,7 @@ class Actor:
         ):
             self.sync_weights()
         eps = self.epsilons()
+        self.report_epsilons(eps)
         actions = self.select_actions(eps)
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
         done = terminated | truncated
@@ -182,9 +186,23 @@ class Actor:
             self.flush()
         self.counters.set_env_steps(self.settings.actor_id, self.steps)
 
+    def first_slot(self) -> int:
+        return self.settings.actor_id * self.settings.envs_per_actor
+
+    def report_epsilons(self, eps: np.ndarray) -> None:
+        """("epsilon", actor, first slot, the slots' epsilons): at the first step, then when they have
+        changed, at most once per weight_sync_steps env steps (annealed epsilons change every step)."""
+        if self.reported_eps is not None and (
+            self.steps - self.eps_reported_at < self.settings.acting.weight_sync_steps
+            or np.array_equal(eps, self.reported_eps)
+        ):
+            return
+        self.stats.put(("epsilon", self.settings.actor_id, self.first_slot(), [float(x) for x in eps]))
+        self.reported_eps, self.eps_reported_at = eps.copy(), self.steps
+
     def report_episodes(self, rewards: np.ndarray, done: np.ndarray, info: dict[str, Any],
                         eps: np.ndarray) -> None:
-        """One stats message per finished episode: (actor, return, length, epsilon, final epsilon).
+        """One stats message per finished episode: (actor, return, length, epsilon, env slot).
         Envs that report whole games (Atari, where with episodic life a lost life ends a learning
         episode) are reported per game, with the game's raw return and length."""
         self.episode_return += rewards
@@ -193,12 +211,13 @@ class Actor:
             return
         games = info.get("final_info", {})
         for e in np.flatnonzero(done):
+            slot = self.first_slot() + int(e)
             if not self.game_stats:
                 self.stats.put(("episode", self.settings.actor_id, float(self.episode_return[e]),
-                                int(self.episode_length[e]), float(eps[e])))
+                                int(self.episode_length[e]), float(eps[e]), slot))
             elif games.get("_game_return", np.zeros(len(done), dtype=bool))[e]:
                 self.stats.put(("episode", self.settings.actor_id, float(games["game_return"][e]),
-                                int(games["game_length"][e]), float(eps[e])))
+                                int(games["game_length"][e]), float(eps[e]), slot))
             self.episode_return[e] = 0.0
             self.episode_length[e] = 0
 
