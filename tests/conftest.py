@@ -118,6 +118,14 @@ def compose() -> Any:
 
 
 # ---------------------------------------------------------------------------- subprocess
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Any:
+    yield
+    from proc_utils import stop_leftover_runs
+
+    stop_leftover_runs()
+
+
 class CliResult(NamedTuple):
     returncode: int
     stdout: str

@@ -5,7 +5,9 @@ Reads /proc directly (Linux), so tests need nothing beyond the project's depende
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -92,10 +94,36 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
     return condition()
 
 
+_STARTED: list[subprocess.Popen] = []
+STOP_GRACE_SECONDS = 60.0  # a leftover run's clean stop (SIGTERM) before it is killed
+
+
 def start_train(args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
-    """`asyncql train ARGS` as a child of the test, output captured."""
-    return subprocess.Popen(
+    """`asyncql train ARGS` as a child of the test, output captured. A run still going when its
+    test ends (a failed assertion) is stopped by `stop_leftover_runs`, so it cannot load the tests after it."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "asyncql_cli", "train", *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})},
     )
+    _STARTED.append(proc)
+    return proc
+
+
+def stop_leftover_runs() -> list[int]:
+    """SIGTERM every run `start_train` started that is still going (a clean stop), SIGKILL after
+    STOP_GRACE_SECONDS; returns their pids."""
+    leftovers = [proc for proc in _STARTED if proc.poll() is None]
+    _STARTED.clear()
+    for proc in leftovers:
+        proc.terminate()
+    for proc in leftovers:
+        try:
+            proc.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            for pid in descendants(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    return [proc.pid for proc in leftovers]

@@ -42,7 +42,7 @@ def breakout_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         return {"actor-0", "actor-1", "learner-0"} <= set(seen)
 
     concurrent = wait_for(all_roles_running, timeout=90)
-    output, _ = proc.communicate(timeout=240)
+    output, _ = proc.communicate(timeout=480)
     return {"proc": proc, "output": output, "run_dir": run_dir, "concurrent": concurrent, "cwd": cwd}
 
 

@@ -40,7 +40,7 @@ def test_a_long_evaluation_blocks_neither_progress_lines_nor_ctrl_c(tmp_path: Pa
             return 0
         return sum("env steps " in line for line in text[started:])
 
-    assert wait_for(lambda: progress_during_evaluation() >= PROGRESS_LINES_WANTED, timeout=240), "".join(lines)[-3000:]
+    assert wait_for(lambda: progress_during_evaluation() >= PROGRESS_LINES_WANTED, timeout=480), "".join(lines)[-3000:]
     assert not any("eval at" in line for line in lines), "the first evaluation finished: make the env slower"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, "".join(lines)[-3000:]

@@ -24,7 +24,7 @@ FAST = ["parallelism.num_actors=2", "parallelism.envs_per_actor=4", "train.progr
         "eval.interval_seconds=2", "checkpoint.interval_seconds=2"]
 ALL_ROLES = {"actor-0", "actor-1", "learner-0", "evaluator", "forkserver"}
 # waits for events, never bounds on how fast they come: a loaded machine only makes them later
-GUARD_SECONDS = 120.0
+GUARD_SECONDS = 300.0
 
 
 def _start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:

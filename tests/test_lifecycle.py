@@ -26,7 +26,7 @@ FAST = ["parallelism.num_actors=2", "parallelism.envs_per_actor=4", "train.progr
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "asyncql_cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=480)
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ def test_a_one_env_apex_run_anneals_its_epsilon_and_logs_it(tmp_path):
                      "exploration.linear_steps=1000", "exploration.linear_end=0.05", "actor.weight_sync_steps=100",
                      "train.total_env_steps=1500", "train.learning_starts=200", "eval.interval_seconds=1000",
                      "eval.episodes=1", "eval.confirm_episodes=0", "train.progress=none",
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=240)
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=480)
     assert result.returncode == 0, result.stderr[-2000:]
     scalars = _scalars(run_dir)
     epsilons = [value for _, value in scalars["exploration/epsilon/slot0"]]

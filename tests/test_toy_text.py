@@ -34,7 +34,7 @@ def test_frozen_lake_is_solved(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli("train", "env=gym", "env.id=FrozenLake-v1", "env.kwargs.is_slippery=false",
                      "train.total_env_steps=6000", "exploration.linear_steps=3000", *SERIAL,
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=240)
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=480)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["best_eval_return"] == 1.0  # reaches the goal
 
@@ -42,7 +42,7 @@ def test_frozen_lake_is_solved(tmp_path: Path) -> None:
 def test_taxi_learns_to_stop_making_illegal_moves(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli("train", "env=gym", "env.id=Taxi-v4", "train.total_env_steps=12000",
-                     "exploration.linear_steps=6000", *SERIAL, f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=240)
+                     "exploration.linear_steps=6000", *SERIAL, f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=480)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_eval_return"] >= -200 > RANDOM_TAXI_RETURN  # no illegal move in any greedy episode

@@ -56,7 +56,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         return EXPECTED_ROLES <= set(seen)
 
     concurrent = wait_for(all_roles_running, timeout=60)
-    output, _ = proc.communicate(timeout=240)
+    output, _ = proc.communicate(timeout=480)
     return {"proc": proc, "output": output, "run_dir": run_dir, "roles": dict(seen),
             "concurrent": concurrent}
 

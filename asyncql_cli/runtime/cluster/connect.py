@@ -91,6 +91,9 @@ def connect(address: str, object_store_mb: int) -> Connection:
     require_ray()
     if address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only: nothing else can connect
+        # Ray starts its workers at nice 15; here they are the run's agents, actors and learner, which
+        # other work on this machine would otherwise starve
+        os.environ.setdefault("RAY_worker_niceness", "0")
         made = _environment(loopback=True)
         import ray
 
