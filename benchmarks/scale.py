@@ -12,7 +12,7 @@
    broadcast latency (CartPole's MLP, a 256x256 MLP, the Nature CNN), the tick round trip, and the
    start-up of Ray and an agent.
 Every Ray process binds 127.0.0.1; usage statistics are off; Ray's files stay in a temporary
-directory. A tool, not a test: nothing asserts a speed. Results: scale.json and scale.md.
+directory. A tool, not a test: nothing asserts a speed. Results: <out>/scale.json.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_worker_niceness": "0"}
 MIB = 1 << 20
 SOLVE = ["env=CartPole-v1", "train.stop_at_return=475", "train.max_seconds=180", "train.progress=none"]
 THROUGHPUT_STEPS = 30000
