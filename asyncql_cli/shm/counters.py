@@ -59,7 +59,11 @@ class Counters:
         return self._env_steps.load_relaxed(actor_id)
 
     def total_env_steps(self) -> int:
-        return int(self._env_steps.load_all_relaxed().sum()) + self._env_steps_offset.load_relaxed(0)
+        return self.env_steps_of_all() + self._env_steps_offset.load_relaxed(0)
+
+    def env_steps_of_all(self) -> int:
+        """This run's actors' steps, without those of the runs it resumes."""
+        return int(self._env_steps.load_all_relaxed().sum())
 
     def learner_updates(self) -> list[int]:
         return self._learner_updates.load_all_relaxed().tolist()

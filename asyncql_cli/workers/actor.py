@@ -26,6 +26,9 @@ from asyncql_cli.shm.params import ParameterStore
 # how long an actor that may not step (the learner owes updates, the budget is spent) waits
 # before looking again: short against an env step, long enough to leave the core to the learner
 WAIT_SECONDS = 0.001
+# past actor.max_update_debt only actors behind their equal share of the steps go on, and only
+# until the debt reaches this multiple of it (which bounds what a late or new actor may add)
+FAIR_SHARE_DEBT_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,16 @@ class Actor:
                 return False
         learnable = total_env_steps - self.settings.learning_starts
         done = self.counters.updates() if self.settings.one_network else self.counters.slowest_learner_updates()
-        return self.settings.replay_ratio * learnable - done > self.settings.max_update_debt
+        owed = self.settings.replay_ratio * learnable - done
+        if owed <= self.settings.max_update_debt:
+            return False
+        return owed > FAIR_SHARE_DEBT_FACTOR * self.settings.max_update_debt or not self.behind_its_share()
+
+    def behind_its_share(self) -> bool:
+        """Fewer env steps than an equal share of this run's: an actor that sees the counts late (on
+        another node than the learner) would otherwise lose every race for the allowed steps."""
+        own = self.counters.env_steps_of(self.settings.actor_id)
+        return own * self.settings.num_actors < self.counters.env_steps_of_all()
 
     def budget_spent(self, total_env_steps: Optional[int] = None) -> bool:
         budget = self.settings.env_step_budget
