@@ -7,7 +7,9 @@
    and TensorBoard events;
 2. 1, 2 and 3 simulated nodes (ray.cluster_utils.Cluster on 127.0.0.1, one CPU each) at 3 actor
    processes in all, a fixed budget: env steps/s, updates/s, rows shipped/s, policy lag;
-3. micro-benchmarks on a 2-node cluster with real node agents: rows shipped per second into the
+3. the remote actor's share of the env steps on 2 nodes (one of 3 actors remote), under the
+   default `actor.max_update_debt`;
+4. micro-benchmarks on a 2-node cluster with real node agents: rows shipped per second into the
    learner's agent against the shipping batch (CartPole transitions) and 84x84 frame rows moved as bytes, weight
    broadcast latency (CartPole's MLP, a 256x256 MLP, the Nature CNN), the tick round trip, and the
    start-up of Ray and an agent.
@@ -132,6 +134,23 @@ def nodes_at_equal_actors(out: Path, temp: Path) -> dict[str, Any]:
     return rows
 
 
+def remote_share(out: Path, temp: Path) -> dict[str, Any]:
+    """2 nodes, 3 actors (one remote), the default update-debt limit: the remote actor's share of
+    the env steps (rows shipped against env steps per second) and its policy lag."""
+    cluster = _cluster(2, temp)
+    try:
+        args = ["env=CartPole-v1", "train.total_env_steps=15000", "train.progress=none", "parallelism=ray",
+                f"parallelism.address={cluster.address}", "parallelism.num_actors=3", "parallelism.envs_per_actor=8"]
+        row = _train(args, out / "remote_share", {**RAY_ENV, "RAY_TMPDIR": str(temp)})
+    finally:
+        cluster.shutdown()
+    shipped, steps = row["rows_shipped_per_sec"], row["env_steps_per_sec"]
+    row["remote_share"] = shipped / steps if shipped is not None and steps else None
+    row["remote_policy_lag"] = _mean_tag(out / "remote_share", "actor/policy_lag/node-1")
+    print("remote share", row, flush=True)
+    return row
+
+
 def micro(temp: Path) -> dict[str, Any]:
     """Real node agents on a 2-node cluster, driven directly."""
     import numpy as np
@@ -250,7 +269,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale")
-    parser.add_argument("--parts", default="solve,nodes,micro")
+    parser.add_argument("--parts", default="solve,nodes,share,micro")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix="aq-scale-"))
@@ -263,6 +282,8 @@ def main() -> None:
         report["local_against_ray"] = local_against_ray([int(s) for s in args.seeds.split(",")], runs)
     if "nodes" in parts:
         report["nodes"] = nodes_at_equal_actors(runs, temp)
+    if "share" in parts:
+        report["remote_share"] = remote_share(runs, temp)
     if "micro" in parts:
         report["micro"] = micro(temp)
     report["load_average_end"] = os.getloadavg()[0]
