@@ -193,12 +193,12 @@ def _fresh_dir(path: Path) -> Path:
 
 # -- asyncql --------------------------------------------------------------------------------
 def asyncql_command(env_id: str, seed: int, threshold: float, max_seconds: float, run_dir: Path,
-                    stop_at: Optional[float] = None) -> list[str]:
+                    stop_at: Optional[float] = None, overrides: tuple[str, ...] = ()) -> list[str]:
     """The CLI as a user types it; an env without its own conf/env file goes through env=gym.
-    The run stops at `stop_at` (default: the threshold it is judged by)."""
+    The run stops at `stop_at` (default: the threshold it is judged by); `overrides` follow the env."""
     env_args = [f"env={env_id}"] if (REPO / "conf" / "env" / f"{env_id}.yaml").is_file() \
         else ["env=gym", f"env.id={env_id}", f"env.solved_return={threshold}"]
-    return [sys.executable, "-m", "asyncql_cli", "train", *env_args, f"seed={seed}",
+    return [sys.executable, "-m", "asyncql_cli", "train", *env_args, *overrides, f"seed={seed}",
             f"train.stop_at_return={threshold if stop_at is None else stop_at}", f"train.max_seconds={max_seconds}",
             "train.progress=plain", f"hydra.run.dir={run_dir}"]
 
@@ -227,9 +227,9 @@ def _timed_run(tool: str, seed: int, run_dir: Path, cmd: list[str],
 
 
 def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, out_dir: Path,
-                stop_at: Optional[float] = None) -> RunResult:
+                stop_at: Optional[float] = None, overrides: tuple[str, ...] = ()) -> RunResult:
     run_dir = _fresh_dir(out_dir / "runs" / "asyncql" / f"seed{seed}")
-    cmd = asyncql_command(env_id, seed, threshold, max_seconds, run_dir, stop_at)
+    cmd = asyncql_command(env_id, seed, threshold, max_seconds, run_dir, stop_at, overrides)
     result, launch, timed_out = _timed_run("asyncql", seed, run_dir, cmd, max_seconds)
     rc = result.returncode
     summary_file = run_dir / "summary.json"
@@ -522,6 +522,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-episodes", type=int, default=100, help="episodes of the final greedy test")
     p.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results/<env>")
     p.add_argument("--only", choices=["asyncql", "sb3", "both"], default="both")
+    p.add_argument("--asyncql-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for asyncql's runs, e.g. buffer=prioritized (repeatable)")
     p.add_argument("--sb3-eval-freq", type=int, default=2000, help="env steps between SB3's evaluations")
     p.add_argument("--sb3-threads", type=int, default=None,
                    help="torch threads of the SB3 process (default: torch's default, one per core); "
@@ -550,7 +552,8 @@ def run_one(args: argparse.Namespace, tool: str, seed: int) -> RunResult:
     """One timed run; a run stopped by a signal from outside (a shared machine) is run again, once."""
     for attempt in range(2):
         if tool == "asyncql":
-            r = run_asyncql(args.env, seed, args.threshold, args.max_seconds, args.out_dir, args.stop_at_return)
+            r = run_asyncql(args.env, seed, args.threshold, args.max_seconds, args.out_dir, args.stop_at_return,
+                            tuple(args.asyncql_override))
         else:
             r = run_sb3(args.env, seed, args.threshold, args.max_seconds, args.out_dir, args.sb3_eval_freq,
                         args.sb3_threads)
