@@ -545,7 +545,7 @@ def step_learner_vs_bare(ctx: Context) -> dict[str, Any]:
     from asyncql_cli.cli.bench.learning import bench_learner
     from asyncql_cli.cli.bench.measure import add_ratios
     from asyncql_cli.cli.bench.options import compose_config, parse_args
-    from asyncql_cli.cli.bench.report import torch_threads
+    from asyncql_cli.workers.device import torch_threads
 
     seconds = 0.5 if ctx.quick else 2.0
     out: dict[str, Any] = {"seconds_each": seconds, "failures": []}

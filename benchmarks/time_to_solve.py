@@ -251,10 +251,10 @@ def run_asyncql(env_id: str, seed: int, threshold: float, max_seconds: float, ou
 
 def asyncql_best_net(run_dir: Path) -> Any:
     from asyncql_cli.algo.networks import build_network
-    from asyncql_cli.checkpoint import load_checkpoint
+    from asyncql_cli.checkpoint import load_checkpoint, network_of
 
     state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    net = build_network(state["network"], state["obs_shape"], state["num_actions"])
+    net = build_network(network_of(state), state["obs_shape"], state["num_actions"])
     net.load_state_dict(state["q_net"])
     return net.eval()
 
@@ -374,6 +374,7 @@ def sb3_best_net(run_dir: Path) -> Any:
 # -- final test -----------------------------------------------------------------------------
 def final_test(result: RunResult, env_id: str, threshold: float, episodes: int) -> None:
     """The same greedy evaluator and fresh seeds for both tools, on the weights each kept."""
+    from asyncql_cli.config.schema import EnvConfig
     from asyncql_cli.evaluation.evaluate import evaluate
 
     loader = asyncql_best_net if result.tool == "asyncql" else sb3_best_net
@@ -382,7 +383,7 @@ def final_test(result: RunResult, env_id: str, threshold: float, episodes: int) 
     except Exception as exc:  # no weights kept (crashed before the first eval)
         result.error = result.error or f"no best weights: {type(exc).__name__}: {exc}"
         return
-    outcome = evaluate(net, env_id, None, None, episodes, FINAL_EVAL_SEED + 1000 * result.seed)
+    outcome = evaluate(net, EnvConfig(id=env_id), episodes, FINAL_EVAL_SEED + 1000 * result.seed)
     summary = outcome.summary()
     result.final_mean, result.final_std = summary["mean_return"], summary["std_return"]
     result.final_min = summary["min_return"]
