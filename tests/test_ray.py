@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "RAY_DEDUP_LOGS": "0", "RAY_worker_niceness": "0"}
 MIB = 1 << 20
-GUARD_SECONDS = 600.0  # a hang guard, not a speed bound: Ray start-up alone took 160 s beside two CPU hogs
+GUARD_SECONDS = 600.0  # a hang guard, not a speed bound: Ray starts slowly on a loaded machine
 CONTRACT_TAGS = {"train/episode_return", "train/episode_length", "train/epsilon", "learner/loss", "learner/q_mean",
                  "learner/grad_norm", "eval/mean_return", "perf/env_steps_per_sec", "perf/updates_per_sec",
                  "replay/size", "actor/policy_lag"}
@@ -221,7 +221,7 @@ def test_a_sweep_runs_its_jobs_as_ray_tasks_and_brings_their_files_back(cluster:
 
 
 def test_a_local_ray_starts_its_workers_at_normal_priority(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Ray's default nice 15 for workers let two CPU hogs starve a run's learner to 3 updates/s."""
+    """Ray's default nice 15 for workers lets other work on the machine starve a run's learner."""
     import ray
 
     from asyncql_cli.runtime.cluster.connect import connect

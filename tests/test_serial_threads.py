@@ -1,7 +1,7 @@
 """`parallelism=serial` steps actors, learner and evaluator in the main process with
 `parallelism.torch_threads` threads, as every child process gets: with torch's default (one
 thread per core) its small matmuls spin-wait for each other as soon as another process loads a
-core, and a serial run slowed down tenfold under two CPU hogs. The caller's count comes back."""
+core. The caller's count comes back."""
 
 from __future__ import annotations
 

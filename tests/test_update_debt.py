@@ -1,8 +1,8 @@
 """`actor.max_update_debt`: actors wait while the learner owes more updates than the limit, except
 an actor behind its equal share of the run's env steps, which steps on until the debt reaches
 FAIR_SHARE_DEBT_FACTOR times the limit. Without that exception the actor that sees the counts
-first takes every allowed step: on two simulated Ray nodes the remote actor shipped 17 rows/s
-beside a local one's 1,100 steps/s (benchmarks/RESULTS.md)."""
+first takes every allowed step, and a remote Ray actor, which sees them a tick late, almost none
+(benchmarks/RESULTS.md, "Fair shares")."""
 
 from __future__ import annotations
 
