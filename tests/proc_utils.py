@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -127,3 +127,19 @@ def stop_leftover_runs() -> list[int]:
             proc.kill()
             proc.wait()
     return [proc.pid for proc in leftovers]
+
+
+JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
+
+
+def join_or_kill(procs: list[Any], timeout: float = JOIN_SECONDS) -> list[Any]:
+    """Join worker processes of a race test (after its stop flag is set); any still alive after
+    `timeout` is killed and reaped. Returns those that had to be killed."""
+    killed = []
+    for proc in procs:
+        proc.join(timeout=timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+            killed.append(proc)
+    return killed

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from frame_envs import STACK, TIME_LIMIT, episode_length, frame_writer, make_actor, reward_of
+from proc_utils import join_or_kill
 from test_nstep import reference_transitions, run_recorded
 
 from asyncql_cli.checkpoint import load_replay_into, save_replay
@@ -25,8 +26,6 @@ from asyncql_cli.replay.frames import FrameStorage, episode_id
 from asyncql_cli.replay.prioritized import PrioritizedSampler
 from asyncql_cli.replay.transitions import ReplayStorage
 from asyncql_cli.replay.uniform import UniformSampler
-
-JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 GAMMA = 0.9
 OBS_SHAPE = frame_envs.OBS_SHAPE
@@ -223,8 +222,7 @@ def test_concurrent_actor_processes_never_yield_a_torn_or_mixed_transition():
         assert checked > more_batches
     finally:
         stop.set()
-        for proc in writers:
-            proc.join(timeout=JOIN_SECONDS)
+        join_or_kill(writers)
     assert all(proc.exitcode == 0 for proc in writers), [proc.exitcode for proc in writers]
 
 

@@ -7,13 +7,12 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from proc_utils import join_or_kill
 from replay_workers import constant_publisher, param_model
 from torch.nn.utils import parameters_to_vector
 
 from asyncql_cli.algo.networks import num_parameters
 from asyncql_cli.shm.params import ParameterStore
-
-JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 
 def test_read_before_any_publish_returns_none_and_leaves_the_model_alone():
@@ -83,10 +82,7 @@ def test_concurrent_reads_are_never_torn():
         assert proc.is_alive(), "the publisher stopped before the reads ended"
     finally:
         stop[0] = 1
-        proc.join(timeout=JOIN_SECONDS)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
+        join_or_kill([proc])
     assert not proc.is_alive()
     assert proc.exitcode == 0
     # The reads really raced the writer: they saw many different updates, and copies that a

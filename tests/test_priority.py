@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from proc_utils import join_or_kill
 
 from asyncql_cli.replay.prioritized import PrioritizedSampler, SumTree
 from asyncql_cli.replay.transitions import ReplayStorage
-
-JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 
 def _rows(ids: np.ndarray, priority: np.ndarray) -> dict[str, torch.Tensor]:
@@ -211,8 +210,5 @@ def test_concurrent_writers_never_yield_torn_rows_or_nonfinite_weights() -> None
             batches += 1
     finally:
         stop[0] = 1
-        for proc in procs:
-            proc.join(timeout=JOIN_SECONDS)
-            if proc.is_alive():
-                proc.kill()
+        join_or_kill(procs)
     assert sampler.redraws > 0

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from proc_utils import JOIN_SECONDS, join_or_kill
 from replay_workers import (
     assert_rows_whole,
     continuous_writer,
@@ -26,8 +27,6 @@ from replay_workers import (
 
 from asyncql_cli.replay.transitions import ReplayStorage
 from asyncql_cli.replay.uniform import UniformSampler
-
-JOIN_SECONDS = 120.0  # a guard only: on a loaded machine a child may need long to leave
 
 OBS_DIM = 3
 
@@ -286,11 +285,7 @@ def test_concurrent_writers_never_yield_torn_or_uncommitted_rows():
         assert sampler.redraws > 0
     finally:
         stop[0] = 1
-        for proc in procs:
-            proc.join(timeout=JOIN_SECONDS)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
+        join_or_kill(procs)
     assert not any(proc.is_alive() for proc in procs)
     assert procs[0].exitcode == 0 and procs[2].exitcode == 0
     assert procs[1].exitcode == -signal.SIGKILL
